@@ -1,0 +1,46 @@
+#include "cpu/cpu_backend.hpp"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu/kernels.hpp"
+
+namespace micache {
+namespace {
+constexpr std::size_t kAlignment = 256;
+}
+
+void* CpuBackend::do_allocate(std::size_t bytes, Stream) {
+  const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  return std::aligned_alloc(kAlignment, rounded);
+}
+
+void CpuBackend::do_deallocate(void* ptr, std::size_t, Stream) noexcept { std::free(ptr); }
+
+void CpuBackend::copy_host_to_device(void* dst, const void* src, std::size_t bytes, Stream) {
+  std::memcpy(dst, src, bytes);
+}
+
+void CpuBackend::copy_device_to_host(void* dst, const void* src, std::size_t bytes, Stream) {
+  std::memcpy(dst, src, bytes);
+}
+
+void CpuBackend::copy_device_to_device(void* dst, const void* src, std::size_t bytes, Stream) {
+  std::memmove(dst, src, bytes);
+}
+
+void CpuBackend::synchronize(Stream) {}
+
+void CpuBackend::convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count,
+                         Stream) {
+  cpu::convert(src, src_dtype, dst, dst_dtype, count);
+}
+
+void CpuBackend::head_mean(const HeadMeanView& view, float* out, Stream) { cpu::head_mean(view, out); }
+
+void CpuBackend::top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices,
+                                 float* weights, Stream) {
+  cpu::top_k_head_mean(view, k, indices, weights);
+}
+
+}  // namespace micache

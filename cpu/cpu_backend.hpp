@@ -1,0 +1,32 @@
+// CpuBackend: host memory and the reference kernels.
+#pragma once
+
+#include "micache/backend.hpp"
+
+namespace micache {
+
+/// The CPU implementation of Backend: host memory (256-byte aligned) and the
+/// reference kernels of cpu/kernels.hpp, run on the calling thread. Streams
+/// are ignored; every call has finished when it returns.
+class CpuBackend final : public Backend {
+ public:
+  Device device() const noexcept override { return Device::cpu(); }
+  const char* name() const noexcept override { return "cpu"; }
+
+  void copy_host_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) override;
+  void copy_device_to_host(void* dst, const void* src, std::size_t bytes, Stream stream) override;
+  void copy_device_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) override;
+  void synchronize(Stream stream) override;
+
+  void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count,
+               Stream stream) override;
+  void head_mean(const HeadMeanView& view, float* out, Stream stream) override;
+  void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
+                       Stream stream) override;
+
+ protected:
+  void* do_allocate(std::size_t bytes, Stream stream) override;
+  void do_deallocate(void* ptr, std::size_t bytes, Stream stream) noexcept override;
+};
+
+}  // namespace micache

@@ -1,0 +1,21 @@
+// The CPU backend's kernels: the reference every other backend must match bit for bit.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "micache/dtype.hpp"
+#include "micache/head_mean_view.hpp"
+
+namespace micache::cpu {
+
+/// See Backend::convert.
+void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count);
+
+/// See Backend::head_mean.
+void head_mean(const HeadMeanView& view, float* out);
+
+/// See Backend::top_k_head_mean.
+void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights);
+
+}  // namespace micache::cpu

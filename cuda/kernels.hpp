@@ -1,0 +1,35 @@
+// Private: launchers of the CUDA kernels (defined in the .cu files), called by CudaBackend.
+// C++17. Each returns the launch's cudaError_t; none synchronises.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "micache/dtype.hpp"
+#include "micache/head_mean_view.hpp"
+
+namespace micache::cuda {
+
+/// Backend::convert on the device.
+cudaError_t launch_convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count,
+                           cudaStream_t stream);
+
+/// Backend::head_mean on the device.
+cudaError_t launch_head_mean(const HeadMeanView& view, float* out, cudaStream_t stream);
+
+/// Backend::top_k_head_mean for 1 <= k <= kWarpTopKMax: one block per row, warp-level selection.
+cudaError_t launch_top_k_warp(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
+                              cudaStream_t stream);
+
+/// Scratch bytes `sort_top_k` needs for `view`'s rows.
+cudaError_t sort_top_k_temp_bytes(const HeadMeanView& view, std::size_t& bytes);
+
+/// Backend::top_k_head_mean for any k by a full segmented sort of each row
+/// (cub::DeviceSegmentedSort on detail::top_k_key keys); `temp` holds
+/// `sort_top_k_temp_bytes` bytes. Also the baseline the warp path must beat.
+cudaError_t sort_top_k(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
+                       void* temp, std::size_t temp_bytes, cudaStream_t stream);
+
+}  // namespace micache::cuda

@@ -1,0 +1,101 @@
+// The seam between caches and numeric work: one interface, one implementation per device kind.
+// C++17: included by the CUDA backend.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+#include "micache/device.hpp"
+#include "micache/dtype.hpp"
+#include "micache/head_mean_view.hpp"
+#include "micache/memory_stats.hpp"
+#include "micache/stream.hpp"
+
+namespace micache {
+
+/// Largest k the warp-level top-k selection handles; larger k sorts each row.
+inline constexpr std::size_t kWarpTopKMax = 32;
+
+/// Memory, copies and kernels for one device. Caches validate, keep their
+/// bookkeeping and call a Backend for every byte they touch; a Backend knows
+/// nothing of caches: it takes plain shapes, dtypes, raw buffers and a stream.
+///
+/// `CpuBackend` (cpu/) is the reference; `CudaBackend` (cuda/) mirrors it
+/// kernel for kernel and gives bit-identical results. Obtain one with
+/// `backend_for(Device)` (registry.hpp).
+///
+/// Allocation is accounted here, not in the implementations (the non-virtual
+/// `allocate`/`deallocate` wrap `do_allocate`/`do_deallocate`), so every
+/// backend reports the same counters and supports the same fault injection.
+///
+/// Thread safety: every member function may be called from several threads at
+/// once; kernels writing the same output buffer must not overlap.
+class Backend {
+ public:
+  Backend() = default;
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+  virtual ~Backend() = default;
+
+  virtual Device device() const noexcept = 0;
+  /// "cpu" or "cuda".
+  virtual const char* name() const noexcept = 0;
+
+  // ---- memory ------------------------------------------------------------
+
+  /// Allocates `bytes` (0 gives nullptr), aligned to at least 256 bytes.
+  /// Error: OutOfMemory (counters unchanged) when the device or an armed
+  /// fault (`fail_allocation_after`) refuses it.
+  void* allocate(std::size_t bytes, Stream stream = {});
+  /// Releases memory from `allocate` with the same `bytes`. Null is ignored.
+  void deallocate(void* ptr, std::size_t bytes, Stream stream = {}) noexcept;
+  /// Counters, read without synchronising the device.
+  MemoryStats memory_stats() const noexcept;
+  /// Sets `peak` to the current `in_use`.
+  void reset_peak() noexcept;
+  /// Fault injection: the `n`-th allocation from now (1 = the next) throws
+  /// OutOfMemory, then injection disarms. `n = 0` disarms.
+  void fail_allocation_after(std::size_t n) noexcept;
+
+  // ---- copies (stream-ordered; device-to-host returns once the host data is ready)
+
+  virtual void copy_host_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) = 0;
+  virtual void copy_device_to_host(void* dst, const void* src, std::size_t bytes, Stream stream) = 0;
+  virtual void copy_device_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) = 0;
+  /// Waits for all work queued on `stream`.
+  virtual void synchronize(Stream stream) = 0;
+
+  // ---- kernels ----------------------------------------------------------
+
+  /// Converts `count` elements between float dtypes (F32, F16, BF16), round to
+  /// nearest even, NaN kept. Bytes moved: count * (size(src) + size(dst)).
+  virtual void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype,
+                       std::size_t count, Stream stream) = 0;
+
+  /// Writes the `n_rows x n_cols` head means of `view` (see HeadMeanView) to
+  /// `out`, row-major f32. Reads heads * n_rows * n_cols elements once.
+  virtual void head_mean(const HeadMeanView& view, float* out, Stream stream) = 0;
+
+  /// For each of the `n_rows` rows of head means of `view`, the `k` largest
+  /// (1 <= k <= n_cols) in the order of detail::top_k_key: `indices[r*k + j]`
+  /// is the column of the j-th, `weights[r*k + j]` its head mean. One pass
+  /// over the row for k <= kWarpTopKMax; a segmented sort of the row above.
+  virtual void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices,
+                               float* weights, Stream stream) = 0;
+
+ protected:
+  /// Returns nullptr when the device has no memory for `bytes` (> 0).
+  virtual void* do_allocate(std::size_t bytes, Stream stream) = 0;
+  virtual void do_deallocate(void* ptr, std::size_t bytes, Stream stream) noexcept = 0;
+  /// Bytes held from the system; defaults to bytes in use (no pool).
+  virtual std::size_t reserved_bytes() const noexcept { return bytes_in_use(); }
+  std::size_t bytes_in_use() const noexcept { return in_use_.load(std::memory_order_relaxed); }
+
+ private:
+  std::atomic<std::size_t> in_use_{0};
+  std::atomic<std::size_t> peak_{0};
+  std::atomic<std::size_t> fault_countdown_{0};
+};
+
+}  // namespace micache

@@ -1,0 +1,16 @@
+// micache: device-resident caches for GPU inference servers and interpretability tools.
+// Include this header for the whole public API.
+#pragma once
+
+#include "micache/activation_cache.hpp"
+#include "micache/attention_cache.hpp"
+#include "micache/backend.hpp"
+#include "micache/config.hpp"
+#include "micache/device.hpp"
+#include "micache/dtype.hpp"
+#include "micache/error.hpp"
+#include "micache/full_activation_cache.hpp"
+#include "micache/head_selection.hpp"
+#include "micache/registry.hpp"
+#include "micache/shape.hpp"
+#include "micache/tensor.hpp"

@@ -1,0 +1,245 @@
+#include "micache/tensor.hpp"
+
+#include <fmt/format.h>
+
+#include <cstring>
+
+#include "micache/error.hpp"
+#include "micache/registry.hpp"
+#include "src/storage.hpp"
+
+namespace micache {
+namespace detail {
+
+Storage::Storage(Backend& owner, std::size_t size)
+    : ptr(owner.allocate(size)), bytes(size), device(owner.device()), backend(&owner) {}
+
+Storage::~Storage() {
+  if (backend != nullptr) {
+    backend->deallocate(ptr, bytes);
+  } else if (release) {
+    release();
+  }
+}
+
+}  // namespace detail
+
+namespace {
+
+void require_float_dtype(DType dtype, const char* what) {
+  if (!is_float_dtype(dtype)) {
+    throw Error(ErrorCode::Config,
+                fmt::format("{} needs a float dtype (f32, f16, bf16), got {}", what, dtype_name(dtype)));
+  }
+}
+
+void store_from_f32(std::span<const float> values, DType dtype, void* dst) {
+  switch (dtype) {
+    case DType::F32:
+      std::memcpy(dst, values.data(), values.size_bytes());
+      return;
+    case DType::F16: {
+      auto* out = static_cast<std::uint16_t*>(dst);
+      for (std::size_t i = 0; i < values.size(); ++i) out[i] = f32_to_f16(values[i]);
+      return;
+    }
+    case DType::BF16: {
+      auto* out = static_cast<std::uint16_t*>(dst);
+      for (std::size_t i = 0; i < values.size(); ++i) out[i] = f32_to_bf16(values[i]);
+      return;
+    }
+    case DType::I32:
+    case DType::U8:
+      break;
+  }
+  require_float_dtype(dtype, "from_host");
+}
+
+// Fills a new tensor of `shape` on `device` from host bytes produced by `fill`.
+template <class Fill>
+Tensor make_from_host(Shape shape, DType dtype, Device device, Fill fill) {
+  Tensor tensor = Tensor::empty(std::move(shape), dtype, device);
+  if (tensor.nbytes() == 0) {
+    return tensor;
+  }
+  if (device.is_cpu()) {
+    fill(tensor.mutable_data());
+  } else {
+    std::vector<std::byte> staging(tensor.nbytes());
+    fill(staging.data());
+    backend_for(device).copy_host_to_device(tensor.mutable_data(), staging.data(), staging.size(), {});
+  }
+  return tensor;
+}
+
+}  // namespace
+
+Tensor Tensor::from_host(std::span<const float> values, Shape shape, DType dtype, Device device) {
+  require_float_dtype(dtype, "Tensor::from_host");
+  if (values.size() != shape.numel()) {
+    throw Error(ErrorCode::Shape, fmt::format("from_host: {} values do not fill shape {} ({} elements)",
+                                              values.size(), shape.to_string(), shape.numel()));
+  }
+  return make_from_host(std::move(shape), dtype, device,
+                        [&](void* dst) { store_from_f32(values, dtype, dst); });
+}
+
+Tensor Tensor::from_host_i32(std::span<const std::int32_t> values, Shape shape, Device device) {
+  if (values.size() != shape.numel()) {
+    throw Error(ErrorCode::Shape, fmt::format("from_host_i32: {} values do not fill shape {} ({} elements)",
+                                              values.size(), shape.to_string(), shape.numel()));
+  }
+  return make_from_host(std::move(shape), DType::I32, device,
+                        [&](void* dst) { std::memcpy(dst, values.data(), values.size_bytes()); });
+}
+
+Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
+  Backend& backend = backend_for(device);
+  const std::size_t bytes = shape.numel() * dtype_size(dtype);
+  return Tensor(std::make_shared<detail::Storage>(backend, bytes), std::move(shape), dtype, 0);
+}
+
+Tensor Tensor::wrap(void* data, Shape shape, DType dtype, Device device, std::function<void()> release) {
+  if (data == nullptr && shape.numel() != 0) {
+    throw Error(ErrorCode::Config, "Tensor::wrap: null data for a non-empty shape");
+  }
+  return Tensor(std::make_shared<detail::Storage>(data, device, std::move(release)), std::move(shape),
+                dtype, 0);
+}
+
+void Tensor::require_defined() const {
+  if (!defined()) {
+    throw Error(ErrorCode::Config, "operation on an undefined Tensor");
+  }
+}
+
+std::size_t Tensor::dim(std::size_t axis) const {
+  if (axis >= rank()) {
+    throw Error(ErrorCode::Shape, fmt::format("dim {} out of range (rank={})", axis, rank()));
+  }
+  return shape_[axis];
+}
+
+Device Tensor::device() const {
+  require_defined();
+  return storage_->device;
+}
+
+const void* Tensor::data() const {
+  require_defined();
+  return static_cast<const std::byte*>(storage_->ptr) + offset_;
+}
+
+void* Tensor::mutable_data() {
+  require_defined();
+  return static_cast<std::byte*>(storage_->ptr) + offset_;
+}
+
+Tensor Tensor::narrow(std::size_t start, std::size_t length) const {
+  require_defined();
+  if (rank() == 0) {
+    throw Error(ErrorCode::Shape, "narrow of a rank-0 tensor");
+  }
+  if (start > shape_[0] || length > shape_[0] - start) {
+    throw Error(ErrorCode::Hook, fmt::format("rows [{}, {}) out of range (dim0={})", start,
+                                             start + length, shape_[0]));
+  }
+  std::vector<std::size_t> dims = shape_.dims();
+  const std::size_t row_bytes = nbytes() / (dims[0] == 0 ? 1 : dims[0]);
+  dims[0] = length;
+  return Tensor(storage_, Shape(std::move(dims)), dtype_, offset_ + start * row_bytes);
+}
+
+Tensor Tensor::select(std::size_t index) const {
+  require_defined();
+  if (rank() == 0) {
+    throw Error(ErrorCode::Shape, "select of a rank-0 tensor");
+  }
+  if (index >= shape_[0]) {
+    throw Error(ErrorCode::Hook, fmt::format("index {} out of range (dim0={})", index, shape_[0]));
+  }
+  const Tensor row = narrow(index, 1);
+  std::vector<std::size_t> dims(shape_.dims().begin() + 1, shape_.dims().end());
+  return Tensor(row.storage_, Shape(std::move(dims)), dtype_, row.offset_);
+}
+
+Tensor Tensor::reshape(Shape shape) const {
+  require_defined();
+  if (shape.numel() != numel()) {
+    throw Error(ErrorCode::Shape, fmt::format("reshape {} to {} changes the element count",
+                                              shape_.to_string(), shape.to_string()));
+  }
+  return Tensor(storage_, std::move(shape), dtype_, offset_);
+}
+
+std::vector<float> Tensor::to_host_f32() const {
+  require_defined();
+  std::vector<float> out(numel());
+  if (dtype_ == DType::F32) {
+    if (storage_->device.is_cpu()) {
+      std::memcpy(out.data(), data(), nbytes());
+    } else {
+      backend_for(storage_->device).copy_device_to_host(out.data(), data(), nbytes(), {});
+    }
+    return out;
+  }
+  std::vector<std::byte> raw;
+  const void* host = data();
+  if (!storage_->device.is_cpu()) {
+    raw.resize(nbytes());
+    backend_for(storage_->device).copy_device_to_host(raw.data(), data(), nbytes(), {});
+    host = raw.data();
+  }
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    out[i] = load_as_f32(host, dtype_, i);
+  }
+  return out;
+}
+
+std::vector<std::int32_t> Tensor::to_host_i32() const {
+  require_defined();
+  if (dtype_ != DType::I32) {
+    throw Error(ErrorCode::Config, fmt::format("to_host_i32 of a {} tensor", dtype_name(dtype_)));
+  }
+  std::vector<std::int32_t> out(numel());
+  if (storage_->device.is_cpu()) {
+    std::memcpy(out.data(), data(), nbytes());
+  } else {
+    backend_for(storage_->device).copy_device_to_host(out.data(), data(), nbytes(), {});
+  }
+  return out;
+}
+
+Tensor Tensor::to(Device target) const {
+  require_defined();
+  Tensor out = Tensor::empty(shape_, dtype_, target);
+  if (nbytes() == 0) {
+    return out;
+  }
+  const Device source = storage_->device;
+  if (source.is_cpu() && target.is_cpu()) {
+    std::memcpy(out.mutable_data(), data(), nbytes());
+  } else if (source.is_cpu()) {
+    backend_for(target).copy_host_to_device(out.mutable_data(), data(), nbytes(), {});
+  } else if (target.is_cpu()) {
+    backend_for(source).copy_device_to_host(out.mutable_data(), data(), nbytes(), {});
+  } else if (source == target) {
+    backend_for(source).copy_device_to_device(out.mutable_data(), data(), nbytes(), {});
+  } else {
+    std::vector<std::byte> staging(nbytes());
+    backend_for(source).copy_device_to_host(staging.data(), data(), nbytes(), {});
+    backend_for(target).copy_host_to_device(out.mutable_data(), staging.data(), nbytes(), {});
+  }
+  return out;
+}
+
+Tensor Tensor::to_dtype(DType dtype) const {
+  require_defined();
+  require_float_dtype(dtype_, "to_dtype (source)");
+  require_float_dtype(dtype, "to_dtype (target)");
+  Tensor out = Tensor::empty(shape_, dtype, storage_->device);
+  backend_for(storage_->device).convert(data(), dtype_, out.mutable_data(), dtype, numel(), {});
+  return out;
+}
+
+}  // namespace micache

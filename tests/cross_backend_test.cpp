@@ -1,0 +1,85 @@
+// CUDA against the CPU reference on fresh random data: head means equal bit
+// for bit, top-k indices identical. Skipped (with the reason) without a GPU.
+#include <limits>
+
+#include "test_support.hpp"
+
+namespace micache::testing {
+namespace {
+
+struct Case {
+  DType dtype;
+  std::size_t heads, seq_q, seq_k;
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  return std::string(dtype_name(c.dtype)) + "_h" + std::to_string(c.heads) + "_q" + std::to_string(c.seq_q) + "_k" +
+         std::to_string(c.seq_k);
+}
+
+class CrossBackend : public ::testing::TestWithParam<Case> {
+ protected:
+  void SetUp() override {
+    MICACHE_REQUIRE_CUDA();
+    const Case& c = GetParam();
+    std::vector<float> data = random_softmax_rows(2 * c.heads * c.seq_q, c.seq_k, 1234 + static_cast<std::uint32_t>(c.seq_k));
+    if (data.size() > 10) {
+      data[3] = std::numeric_limits<float>::quiet_NaN();  // NaN handling must agree too
+    }
+    const Tensor host = Tensor::from_host(data, {2, c.heads, c.seq_q, c.seq_k}, c.dtype);
+    cpu_.push(host);
+    cuda_.push(host.to(Device::cuda(0)));
+  }
+
+  AttentionCache cpu_;
+  AttentionCache cuda_;
+};
+
+TEST_P(CrossBackend, RowQueriesAgreeBitForBit) {
+  const Case& c = GetParam();
+  for (std::size_t q : {std::size_t{0}, c.seq_q / 2, c.seq_q - 1}) {
+    expect_same_bits(cuda_.attention_from_position(0, q), cpu_.attention_from_position(0, q));
+    const HeadSelection odd_heads{.batch = 1, .heads = {c.heads - 1, 0}};
+    expect_same_bits(cuda_.attention_from_position(0, q, odd_heads), cpu_.attention_from_position(0, q, odd_heads));
+  }
+}
+
+TEST_P(CrossBackend, ColumnQueriesAgreeBitForBit) {
+  const Case& c = GetParam();
+  for (std::size_t k : {std::size_t{0}, c.seq_k / 3, c.seq_k - 1}) {
+    expect_same_bits(cuda_.attention_to_position(0, k), cpu_.attention_to_position(0, k));
+  }
+}
+
+TEST_P(CrossBackend, WholeHeadMeanAgreesBitForBit) {
+  expect_same_bits(cuda_.head_mean(0).to_host_f32(), cpu_.head_mean(0).to_host_f32());
+  const HeadSelection batch1{.batch = 1, .heads = {}};
+  expect_same_bits(cuda_.head_mean(0, batch1).to_host_f32(), cpu_.head_mean(0, batch1).to_host_f32());
+}
+
+TEST_P(CrossBackend, TopKIndicesIdenticalForEveryK) {
+  for (std::size_t k : {1u, 8u, 32u, 33u, 100u}) {
+    const TopK gpu = cuda_.top_attended_all(0, k);
+    const TopK cpu = cpu_.top_attended_all(0, k);
+    ASSERT_EQ(gpu.indices.to_host_i32(), cpu.indices.to_host_i32()) << "k=" << k;
+    expect_same_bits(gpu.weights.to_host_f32(), cpu.weights.to_host_f32());
+  }
+}
+
+TEST_P(CrossBackend, ConversionAgreesBitForBit) {
+  const Tensor host = *cpu_.get_layer(0);
+  for (DType target : {DType::F32, DType::F16, DType::BF16}) {
+    expect_same_bits(host.to(Device::cuda(0)).to_dtype(target).to_host_f32(), host.to_dtype(target).to_host_f32());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(RandomPatterns, CrossBackend,
+                         ::testing::Values(Case{DType::F32, 3, 1, 1}, Case{DType::F32, 4, 7, 7},
+                                           Case{DType::BF16, 12, 7, 7}, Case{DType::F16, 5, 33, 1000},
+                                           Case{DType::BF16, 32, 16, 1000}, Case{DType::F32, 6, 9, 4097},
+                                           Case{DType::BF16, 8, 40, 4097}, Case{DType::F16, 2, 1000, 1000}),
+                         case_name);
+
+}  // namespace
+}  // namespace micache::testing
