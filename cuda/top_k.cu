@@ -180,7 +180,7 @@ cudaError_t sort_scratch(const HeadMeanView& view, SortScratch& scratch) {
   scratch.keys_bytes = align256(n * sizeof(std::uint64_t));
   scratch.offsets_bytes = align256((view.n_rows + 1) * sizeof(std::int64_t));
   scratch.cub_bytes = 0;
-  const std::int64_t* no_offsets = nullptr;
+  std::int64_t* no_offsets = nullptr;
   const cudaError_t status = cub::DeviceSegmentedSort::SortKeysDescending(
       nullptr, scratch.cub_bytes, static_cast<const std::uint64_t*>(nullptr), static_cast<std::uint64_t*>(nullptr),
       static_cast<std::int64_t>(n), static_cast<std::int64_t>(view.n_rows), no_offsets, no_offsets + 1);

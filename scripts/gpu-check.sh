@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Run on a machine with a GPU, over a build made elsewhere with the cuda preset:
+#   cmake --preset cuda && cmake --build --preset cuda      (here)
+#   scripts/gpu-check.sh [build-dir]                        (there; default build/cuda)
+# Prints the device, runs the whole test suite, runs the CUDA tests again under
+# compute-sanitizer (memcheck, racecheck, initcheck, synccheck) with plain
+# cudaMalloc (pools hide out-of-bounds accesses), then the benchmarks, and
+# writes a report to $OUT (or bench/out) as gpu-check.md plus raw logs.
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${1:-$root/build/cuda}
+out=${OUT:-$root/bench/out}
+mkdir -p "$out"
+report="$out/gpu-check.md"
+tests="$build/tests/micache_tests"
+bench="$build/bench/micache_bench"
+status=0
+
+section() { printf '\n## %s\n\n```\n' "$1" >>"$report"; }
+end_section() { printf '```\n' >>"$report"; }
+
+{
+  echo "# micache GPU check"
+  echo
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+} >"$report"
+
+section "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv 2>&1 | tee -a "$report"
+end_section
+
+section "test suite (pool allocator)"
+if "$tests" --gtest_brief=1 >"$out/tests.log" 2>&1; then echo "all tests passed" | tee -a "$report"; else status=1; fi
+tail -n 5 "$out/tests.log" | tee -a "$report"
+end_section
+
+cuda_filter='*cuda*:*CrossBackend*:*Registry*'
+for tool in memcheck racecheck initcheck synccheck; do
+  section "compute-sanitizer --tool $tool (plain cudaMalloc)"
+  extra=()
+  [ "$tool" = memcheck ] && extra=(--leak-check full)
+  if MICACHE_CUDA_ALLOCATOR=plain compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 9 \
+      "$tests" --gtest_filter="$cuda_filter" --gtest_brief=1 >"$out/sanitizer-$tool.log" 2>&1; then
+    echo "$tool: clean" | tee -a "$report"
+  else
+    echo "$tool: FAILED (see sanitizer-$tool.log)" | tee -a "$report"
+    status=1
+  fi
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY" "$out/sanitizer-$tool.log" | tail -n 3 | tee -a "$report"
+  end_section
+done
+
+if [ -x "$bench" ]; then
+  section "benchmarks"
+  "$bench" --benchmark_min_time=0.2 --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
+    --benchmark_out="$out/bench.json" --benchmark_out_format=json 2>&1 | tee "$out/bench.log" | tee -a "$report"
+  end_section
+fi
+
+echo "report: $report"
+exit $status

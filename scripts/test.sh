@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds and runs the test suite.
+#   scripts/test.sh            CPU-only build, then the CUDA build when nvcc is present
+#   scripts/test.sh cpu|cuda|asan
+# Installs missing Debian packages first. CUDA tests skip, saying why, without a GPU.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+source scripts/deps.sh
+ensure_deps
+
+presets=("$@")
+if ((${#presets[@]} == 0)); then
+  presets=(cpu)
+  [ -n "$(find_nvcc)" ] && presets+=(cuda)
+fi
+
+jobs=$(nproc)
+for preset in "${presets[@]}"; do
+  echo "== micache tests: $preset =="
+  extra=()
+  if [ "$preset" = cuda ]; then
+    nvcc=$(find_nvcc)
+    [ -n "$nvcc" ] || { echo "micache: the cuda preset needs nvcc (CUDA toolkit)" >&2; exit 1; }
+    extra=(-DCMAKE_CUDA_COMPILER="$nvcc")
+  fi
+  cmake --preset "$preset" "${extra[@]}" -DMICACHE_BUILD_TESTS=ON >/dev/null
+  cmake --build --preset "$preset" -j "$jobs"
+  ctest --preset "$preset" -j "$jobs"
+done
