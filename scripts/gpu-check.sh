@@ -13,6 +13,7 @@ out=${OUT:-$root/bench/out}
 mkdir -p "$out"
 report="$out/gpu-check.md"
 tests="$build/tests/micache_tests"
+cuda_tests="$build/tests/micache_cuda_tests"
 bench="$build/bench/micache_bench"
 status=0
 
@@ -30,7 +31,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max
 end_section
 
 section "test suite (pool allocator)"
-if "$tests" --gtest_brief=1 >"$out/tests.log" 2>&1; then echo "all tests passed" | tee -a "$report"; else status=1; fi
+if "$tests" --gtest_brief=1 >"$out/tests.log" 2>&1 && "$cuda_tests" --gtest_brief=1 >>"$out/tests.log" 2>&1; then
+  echo "all tests passed" | tee -a "$report"
+else
+  echo "FAILURES (see tests.log)" | tee -a "$report"
+  status=1
+fi
 tail -n 5 "$out/tests.log" | tee -a "$report"
 end_section
 

@@ -10,6 +10,10 @@ namespace {
 struct Case {
   DType dtype;
   std::size_t heads, seq_q, seq_k;
+
+  friend void PrintTo(const Case& c, std::ostream* os) {
+    *os << dtype_name(c.dtype) << " [2, " << c.heads << ", " << c.seq_q << ", " << c.seq_k << "]";
+  }
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
