@@ -43,4 +43,6 @@ void CpuBackend::top_k_head_mean(const HeadMeanView& view, std::size_t k, std::i
   cpu::top_k_head_mean(view, k, indices, weights);
 }
 
+void CpuBackend::copy_tokens(const TokenCopy& copy, Stream) { cpu::copy_tokens(copy); }
+
 }  // namespace micache

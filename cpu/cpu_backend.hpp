@@ -23,6 +23,7 @@ class CpuBackend final : public Backend {
   void head_mean(const HeadMeanView& view, float* out, Stream stream) override;
   void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
                        Stream stream) override;
+  void copy_tokens(const TokenCopy& copy, Stream stream) override;
 
  protected:
   void* do_allocate(std::size_t bytes, Stream stream) override;

@@ -6,6 +6,7 @@
 
 #include "micache/dtype.hpp"
 #include "micache/head_mean_view.hpp"
+#include "micache/token_copy.hpp"
 
 namespace micache::cpu {
 
@@ -17,5 +18,8 @@ void head_mean(const HeadMeanView& view, float* out);
 
 /// See Backend::top_k_head_mean.
 void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights);
+
+/// See Backend::copy_tokens.
+void copy_tokens(const TokenCopy& copy);
 
 }  // namespace micache::cpu

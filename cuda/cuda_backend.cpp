@@ -116,6 +116,11 @@ class CudaBackend final : public Backend {
     check(status, "top_k sort");
   }
 
+  void copy_tokens(const TokenCopy& copy, Stream stream) override {
+    const DeviceScope scope(index_);
+    check(launch_copy_tokens(copy, native(stream)), "copy_tokens kernel");
+  }
+
  protected:
   void* do_allocate(std::size_t bytes, Stream stream) override {
     const DeviceScope scope(index_);

@@ -9,6 +9,7 @@
 
 #include "micache/dtype.hpp"
 #include "micache/head_mean_view.hpp"
+#include "micache/token_copy.hpp"
 
 namespace micache::cuda {
 
@@ -31,5 +32,8 @@ cudaError_t sort_top_k_temp_bytes(const HeadMeanView& view, std::size_t& bytes);
 /// `sort_top_k_temp_bytes` bytes. Also the baseline the warp path must beat.
 cudaError_t sort_top_k(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
                        void* temp, std::size_t temp_bytes, cudaStream_t stream);
+
+/// Backend::copy_tokens on the device.
+cudaError_t launch_copy_tokens(const TokenCopy& copy, cudaStream_t stream);
 
 }  // namespace micache::cuda

@@ -11,6 +11,7 @@
 #include "micache/head_mean_view.hpp"
 #include "micache/memory_stats.hpp"
 #include "micache/stream.hpp"
+#include "micache/token_copy.hpp"
 
 namespace micache {
 
@@ -83,6 +84,10 @@ class Backend {
   /// over the row for k <= kWarpTopKMax; a segmented sort of the row above.
   virtual void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices,
                                float* weights, Stream stream) = 0;
+
+  /// Copies tokens between ring buffers (see TokenCopy): KV append, ring
+  /// compaction, growth and dense gathers. One launch on CUDA.
+  virtual void copy_tokens(const TokenCopy& copy, Stream stream) = 0;
 
  protected:
   /// Returns nullptr when the device has no memory for `bytes` (> 0).

@@ -11,6 +11,7 @@
 #include "micache/error.hpp"
 #include "micache/full_activation_cache.hpp"
 #include "micache/head_selection.hpp"
+#include "micache/kv_cache.hpp"
 #include "micache/registry.hpp"
 #include "micache/shape.hpp"
 #include "micache/tensor.hpp"

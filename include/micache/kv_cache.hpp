@@ -1,0 +1,130 @@
+// KVCache: per-layer keys and values in preallocated device ring buffers.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "micache/tensor.hpp"
+
+namespace micache {
+
+/// How `enforce_memory_limit` trims a cache that is over its byte budget.
+enum class EvictionPolicy {
+  /// candle-mi's rule: one trim to floor(3 * seq_len / 4) tokens; does nothing
+  /// when that is 0, even if the cache stays over budget.
+  ThreeQuarters,
+  /// Keep the longest suffix of tokens whose bytes fit the budget (possibly 0).
+  UntilUnderBudget,
+};
+
+/// Keys and values of every layer, each `[batch, kv_heads, seq_len, head_dim]`,
+/// the sequence axis being dim 2 (candle-mi's KVCache, made real).
+///
+/// Storage: each layer holds a key and a value buffer of `[batch, kv_heads,
+/// capacity, head_dim]` on its device, used as a ring over the sequence axis.
+/// `append` writes new tokens after the last one (one backend launch per
+/// buffer, no host synchronisation) and grows capacity only when full (to
+/// max(needed, 2 * capacity, 16) tokens, so appends are amortised O(1));
+/// `trim_to` keeps the last N tokens by moving the ring's start (no byte is
+/// moved); `shrink_to_fit` reallocates to exactly seq_len tokens, giving the
+/// rest back to the backend.
+///
+/// Layers: every populated layer has the same batch, kv_heads, head_dim, dtype
+/// and device (checked; Shape or Config error). Layers may differ in length
+/// while a step is filling them one by one; operations over all layers
+/// (`trim_to`, `enforce_memory_limit`) require equal lengths and say so
+/// otherwise. Every mutator validates first and allocates before changing
+/// anything: a call that throws (OutOfMemory included) leaves the cache as it was.
+///
+/// Positions: trimming drops the oldest tokens; `first_position(layer)` is the
+/// original position of the first kept token (0 until something is trimmed),
+/// so a caller that stored keys after RoPE knows which rotation they carry.
+///
+/// Thread safety: const queries may run concurrently; mutation needs exclusive access.
+class KVCache {
+ public:
+  /// `n_layers` empty layers.
+  explicit KVCache(std::size_t n_layers = 0);
+  static KVCache new_cache(std::size_t n_layers) { return KVCache(n_layers); }
+
+  std::size_t n_layers() const noexcept { return layers_.size(); }
+  /// Tokens in the first populated layer; 0 when no layer is populated.
+  std::size_t seq_len() const noexcept;
+  /// True when no layer holds keys.
+  bool is_empty() const noexcept;
+  /// Empties every layer and releases its storage; the layer count stays.
+  void clear() noexcept;
+
+  /// Replaces `layer` with copies of `keys` and `values` (both `[batch,
+  /// kv_heads, seq_len, head_dim]`, same shape). Errors: Hook (layer out of
+  /// range: `layer 10 out of range for KV cache`), Shape, Config.
+  void set_layer(std::size_t layer, const Tensor& keys, const Tensor& values);
+
+  /// Appends `new_keys` and `new_values` (`[batch, kv_heads, n_new, head_dim]`)
+  /// after the layer's last token; an empty layer adopts their geometry.
+  /// Errors: Hook, Shape (other batch/heads/head_dim or K != V), Config (dtype,
+  /// device), OutOfMemory (growth failed; unchanged).
+  void append(std::size_t layer, const Tensor& new_keys, const Tensor& new_values);
+
+  /// Makes room for `tokens` tokens in every populated layer without further
+  /// growth. Never shrinks. Error: OutOfMemory (unchanged).
+  void reserve(std::size_t tokens);
+
+  /// The layer's keys / values as a dense `[batch, kv_heads, seq_len, head_dim]`
+  /// tensor, or an undefined Tensor when the layer is empty. When the ring is
+  /// dense (start 0, capacity == seq_len) this shares the cache's storage (a
+  /// later append, trim or clear may change it); otherwise it is a new tensor
+  /// gathered in one launch.
+  Tensor keys(std::size_t layer) const;
+  Tensor values(std::size_t layer) const;
+
+  /// Bytes of the stored keys and values: elements x dtype size over every
+  /// populated layer (candle-mi's definition; excludes spare capacity).
+  std::size_t memory_usage() const noexcept;
+  /// Bytes held, spare capacity included (what the backend has allocated for this cache).
+  std::size_t memory_reserved() const noexcept;
+  /// Token slots per layer buffer (the largest over layers).
+  std::size_t capacity() const noexcept;
+
+  /// Keeps the last `max_seq_len` tokens of every layer, keys and values.
+  /// False when seq_len() <= max_seq_len (nothing to trim). Moves no bytes.
+  /// Error: Shape when populated layers differ in length (unchanged).
+  bool trim_to(std::size_t max_seq_len);
+
+  /// When memory_usage() > max_bytes, trims by `policy` and returns true;
+  /// false when under budget or when ThreeQuarters would trim to 0 tokens.
+  bool enforce_memory_limit(std::size_t max_bytes, EvictionPolicy policy = EvictionPolicy::ThreeQuarters);
+
+  /// Reallocates every layer to exactly seq_len tokens (0 frees the buffers),
+  /// returning spare capacity to the backend. Error: OutOfMemory (unchanged).
+  void shrink_to_fit();
+
+  /// Original position (count of tokens appended or set before it) of the
+  /// layer's first kept token. Error: Hook for layer out of range.
+  std::size_t first_position(std::size_t layer) const;
+
+ private:
+  struct Layer {
+    Tensor keys;    // [batch, kv_heads, capacity, head_dim] ring buffer, undefined when empty
+    Tensor values;  // same shape as keys
+    std::size_t start = 0;
+    std::size_t length = 0;
+    std::size_t first_position = 0;
+
+    bool populated() const noexcept { return keys.defined(); }
+    std::size_t capacity() const noexcept { return populated() ? keys.dim(2) : 0; }
+  };
+
+  Layer& layer_or_throw(std::size_t layer);
+  const Layer& layer_or_throw(std::size_t layer) const;
+  const Layer* first_populated() const noexcept;
+  void validate_geometry(const Tensor& keys, std::size_t layer) const;
+  std::size_t common_length(const char* operation) const;
+  static Layer resized(const Layer& layer, std::size_t capacity);
+  Tensor dense(const Layer& layer, const Tensor& ring) const;
+  void drop_oldest(std::size_t keep);
+
+  std::vector<Layer> layers_;
+};
+
+}  // namespace micache

@@ -1,0 +1,280 @@
+#include "micache/kv_cache.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "micache/error.hpp"
+#include "micache/registry.hpp"
+
+namespace micache {
+namespace {
+
+constexpr std::size_t kMinCapacity = 16;
+
+std::size_t planes_of(const Tensor& t) { return t.dim(0) * t.dim(1); }
+std::size_t token_bytes_of(const Tensor& t) { return t.dim(3) * dtype_size(t.dtype()); }
+
+// Copies `tokens` tokens from ring `src` (slot `src_start`) to ring `dst` (slot `dst_start`).
+void copy_ring(const Tensor& src, std::size_t src_start, Tensor& dst, std::size_t dst_start, std::size_t tokens) {
+  TokenCopy copy;
+  copy.src = src.data();
+  copy.src_capacity = src.dim(2);
+  copy.src_start = src_start;
+  copy.dst = dst.mutable_data();
+  copy.dst_capacity = dst.dim(2);
+  copy.dst_start = dst_start;
+  copy.planes = planes_of(src);
+  copy.tokens = tokens;
+  copy.token_bytes = token_bytes_of(src);
+  if (tokens != 0 && copy.planes != 0) {
+    backend_for(dst.device()).copy_tokens(copy, {});
+  }
+}
+
+Tensor ring_buffer(const Tensor& like, std::size_t capacity) {
+  return Tensor::empty({like.dim(0), like.dim(1), capacity, like.dim(3)}, like.dtype(), like.device());
+}
+
+void validate_pair(const Tensor& keys, const Tensor& values, const char* what) {
+  if (!keys.defined() || !values.defined()) {
+    throw Error(ErrorCode::Config, fmt::format("{}: undefined keys or values tensor", what));
+  }
+  if (keys.rank() != 4) {
+    throw Error(ErrorCode::Shape, fmt::format("{}: keys must be [batch, kv_heads, seq_len, head_dim], got {}", what,
+                                              keys.shape().to_string()));
+  }
+  if (keys.shape() != values.shape()) {
+    throw Error(ErrorCode::Shape, fmt::format("{}: keys {} and values {} differ in shape", what,
+                                              keys.shape().to_string(), values.shape().to_string()));
+  }
+  if (!is_float_dtype(keys.dtype()) || keys.dtype() != values.dtype()) {
+    throw Error(ErrorCode::Config, fmt::format("{}: keys ({}) and values ({}) must share one float dtype", what,
+                                               dtype_name(keys.dtype()), dtype_name(values.dtype())));
+  }
+  if (!(keys.device() == values.device())) {
+    throw Error(ErrorCode::Config, fmt::format("{}: keys on {} and values on {}", what, keys.device().to_string(),
+                                               values.device().to_string()));
+  }
+}
+
+}  // namespace
+
+KVCache::KVCache(std::size_t n_layers) : layers_(n_layers) {}
+
+KVCache::Layer& KVCache::layer_or_throw(std::size_t layer) {
+  return const_cast<Layer&>(std::as_const(*this).layer_or_throw(layer));
+}
+
+const KVCache::Layer& KVCache::layer_or_throw(std::size_t layer) const {
+  if (layer >= layers_.size()) {
+    throw Error(ErrorCode::Hook, fmt::format("layer {} out of range for KV cache", layer));
+  }
+  return layers_[layer];
+}
+
+const KVCache::Layer* KVCache::first_populated() const noexcept {
+  for (const Layer& layer : layers_) {
+    if (layer.populated()) return &layer;
+  }
+  return nullptr;
+}
+
+std::size_t KVCache::seq_len() const noexcept {
+  const Layer* first = first_populated();
+  return first != nullptr ? first->length : 0;
+}
+
+bool KVCache::is_empty() const noexcept { return first_populated() == nullptr; }
+
+void KVCache::clear() noexcept {
+  for (Layer& layer : layers_) layer = Layer{};
+}
+
+// Every populated layer other than `layer` must share batch, kv_heads,
+// head_dim, dtype and device with `keys`.
+void KVCache::validate_geometry(const Tensor& keys, std::size_t layer) const {
+  for (std::size_t other = 0; other < layers_.size(); ++other) {
+    const Layer& l = layers_[other];
+    if (other == layer || !l.populated()) continue;
+    if (keys.dim(0) != l.keys.dim(0) || keys.dim(1) != l.keys.dim(1) || keys.dim(3) != l.keys.dim(3)) {
+      throw Error(ErrorCode::Shape,
+                  fmt::format("layer {}: [batch, kv_heads, head_dim] = [{}, {}, {}] differs from layer {}'s [{}, {}, {}]",
+                              layer, keys.dim(0), keys.dim(1), keys.dim(3), other, l.keys.dim(0), l.keys.dim(1),
+                              l.keys.dim(3)));
+    }
+    if (keys.dtype() != l.keys.dtype() || !(keys.device() == l.keys.device())) {
+      throw Error(ErrorCode::Config, fmt::format("layer {}: {} on {} differs from layer {}'s {} on {}", layer,
+                                                 dtype_name(keys.dtype()), keys.device().to_string(), other,
+                                                 dtype_name(l.keys.dtype()), l.keys.device().to_string()));
+    }
+    return;  // all populated layers already agree with each other
+  }
+}
+
+void KVCache::set_layer(std::size_t layer, const Tensor& keys, const Tensor& values) {
+  layer_or_throw(layer);
+  validate_pair(keys, values, "set_layer");
+  validate_geometry(keys, layer);
+  Layer next;
+  next.keys = ring_buffer(keys, keys.dim(2));
+  next.values = ring_buffer(values, values.dim(2));
+  next.length = keys.dim(2);
+  copy_ring(keys, 0, next.keys, 0, next.length);
+  copy_ring(values, 0, next.values, 0, next.length);
+  layers_[layer] = std::move(next);
+}
+
+KVCache::Layer KVCache::resized(const Layer& layer, std::size_t capacity) {
+  Layer next = layer;
+  next.keys = ring_buffer(layer.keys, capacity);
+  next.values = ring_buffer(layer.values, capacity);
+  next.start = 0;
+  copy_ring(layer.keys, layer.start, next.keys, 0, layer.length);
+  copy_ring(layer.values, layer.start, next.values, 0, layer.length);
+  return next;
+}
+
+void KVCache::append(std::size_t layer_index, const Tensor& new_keys, const Tensor& new_values) {
+  Layer& layer = layer_or_throw(layer_index);
+  validate_pair(new_keys, new_values, "append");
+  if (!layer.populated()) {
+    validate_geometry(new_keys, layer_index);
+  } else {
+    const Tensor& k = layer.keys;
+    if (new_keys.dim(0) != k.dim(0) || new_keys.dim(1) != k.dim(1) || new_keys.dim(3) != k.dim(3)) {
+      throw Error(ErrorCode::Shape, fmt::format("append: new keys {} do not extend layer {} [{}, {}, {}, {}]",
+                                                new_keys.shape().to_string(), layer_index, k.dim(0), k.dim(1),
+                                                layer.length, k.dim(3)));
+    }
+    if (new_keys.dtype() != k.dtype() || !(new_keys.device() == k.device())) {
+      throw Error(ErrorCode::Config, fmt::format("append: {} on {} into layer {} of {} on {}",
+                                                 dtype_name(new_keys.dtype()), new_keys.device().to_string(),
+                                                 layer_index, dtype_name(k.dtype()), k.device().to_string()));
+    }
+  }
+  const std::size_t added = new_keys.dim(2);
+  const std::size_t needed = layer.length + added;
+  Layer next;
+  if (!layer.populated()) {
+    next.keys = ring_buffer(new_keys, std::max(needed, kMinCapacity));
+    next.values = ring_buffer(new_values, std::max(needed, kMinCapacity));
+  } else if (needed > layer.capacity()) {
+    next = resized(layer, std::max({needed, 2 * layer.capacity(), kMinCapacity}));
+  } else {
+    next = layer;
+  }
+  const std::size_t slot = (next.start + next.length) % next.capacity();
+  copy_ring(new_keys, 0, next.keys, slot, added);
+  copy_ring(new_values, 0, next.values, slot, added);
+  next.length = needed;
+  layer = std::move(next);
+}
+
+void KVCache::reserve(std::size_t tokens) {
+  std::vector<Layer> next = layers_;
+  for (Layer& layer : next) {
+    if (layer.populated() && layer.capacity() < tokens) layer = resized(layer, tokens);
+  }
+  layers_ = std::move(next);
+}
+
+void KVCache::shrink_to_fit() {
+  std::vector<Layer> next = layers_;
+  for (Layer& layer : next) {
+    if (layer.populated() && layer.capacity() != layer.length) layer = resized(layer, layer.length);
+  }
+  layers_ = std::move(next);
+}
+
+Tensor KVCache::dense(const Layer& layer, const Tensor& ring) const {
+  if (layer.start == 0 && layer.length == layer.capacity()) {
+    return ring;
+  }
+  Tensor out = Tensor::empty({ring.dim(0), ring.dim(1), layer.length, ring.dim(3)}, ring.dtype(), ring.device());
+  copy_ring(ring, layer.start, out, 0, layer.length);
+  return out;
+}
+
+Tensor KVCache::keys(std::size_t layer) const {
+  const Layer& l = layer_or_throw(layer);
+  return l.populated() ? dense(l, l.keys) : Tensor();
+}
+
+Tensor KVCache::values(std::size_t layer) const {
+  const Layer& l = layer_or_throw(layer);
+  return l.populated() ? dense(l, l.values) : Tensor();
+}
+
+std::size_t KVCache::memory_usage() const noexcept {
+  std::size_t bytes = 0;
+  for (const Layer& layer : layers_) {
+    if (layer.populated()) bytes += 2 * planes_of(layer.keys) * layer.length * token_bytes_of(layer.keys);
+  }
+  return bytes;
+}
+
+std::size_t KVCache::memory_reserved() const noexcept {
+  std::size_t bytes = 0;
+  for (const Layer& layer : layers_) {
+    if (layer.populated()) bytes += layer.keys.nbytes() + layer.values.nbytes();
+  }
+  return bytes;
+}
+
+std::size_t KVCache::capacity() const noexcept {
+  std::size_t most = 0;
+  for (const Layer& layer : layers_) most = std::max(most, layer.capacity());
+  return most;
+}
+
+std::size_t KVCache::common_length(const char* operation) const {
+  const Layer* first = first_populated();
+  if (first == nullptr) return 0;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const Layer& layer = layers_[i];
+    if (layer.populated() && layer.length != first->length) {
+      throw Error(ErrorCode::Shape,
+                  fmt::format("{}: layer {} holds {} tokens, the first populated layer {}; finish the step first",
+                              operation, i, layer.length, first->length));
+    }
+  }
+  return first->length;
+}
+
+void KVCache::drop_oldest(std::size_t keep) {
+  for (Layer& layer : layers_) {
+    if (!layer.populated() || layer.length <= keep) continue;
+    const std::size_t dropped = layer.length - keep;
+    layer.start = layer.capacity() == 0 ? 0 : (layer.start + dropped) % layer.capacity();
+    layer.first_position += dropped;
+    layer.length = keep;
+  }
+}
+
+bool KVCache::trim_to(std::size_t max_seq_len) {
+  const std::size_t length = common_length("trim_to");
+  if (length <= max_seq_len) return false;
+  drop_oldest(max_seq_len);
+  return true;
+}
+
+bool KVCache::enforce_memory_limit(std::size_t max_bytes, EvictionPolicy policy) {
+  const std::size_t current = memory_usage();
+  if (current <= max_bytes) return false;
+  const std::size_t length = common_length("enforce_memory_limit");
+  std::size_t keep = 0;
+  if (policy == EvictionPolicy::ThreeQuarters) {
+    keep = length * 3 / 4;
+    if (keep == 0) return false;
+  } else {
+    keep = max_bytes / (current / length);
+  }
+  drop_oldest(keep);
+  return true;
+}
+
+std::size_t KVCache::first_position(std::size_t layer) const { return layer_or_throw(layer).first_position; }
+
+}  // namespace micache

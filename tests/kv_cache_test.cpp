@@ -1,0 +1,315 @@
+// KVCache: candle-mi's five tests, then everything they never checked: filled
+// caches, exact kept values, memory accounting, ring wrap-around, growth,
+// atomicity under bad input and injected allocation failure.
+#include "test_support.hpp"
+
+namespace micache::testing {
+namespace {
+
+constexpr std::size_t kBatch = 1;
+constexpr std::size_t kHeads = 2;
+constexpr std::size_t kDim = 4;
+
+// Value of element (plane, absolute position t, d) of `layer`'s keys (values add 0.5).
+float kv_value(std::size_t layer, std::size_t plane, std::size_t t, std::size_t d, bool is_value) {
+  return static_cast<float>(layer * 100000 + plane * 10000 + t * 4 + d) + (is_value ? 0.5f : 0.0f);
+}
+
+class KVCacheTest : public ::testing::TestWithParam<Device> {
+ protected:
+  // Tokens [first, first + count) of `layer`, as [kBatch, kHeads, count, kDim].
+  Tensor tokens(std::size_t layer, std::size_t first, std::size_t count, bool is_value,
+                DType dtype = DType::F32) const {
+    std::vector<float> data;
+    for (std::size_t p = 0; p < kBatch * kHeads; ++p) {
+      for (std::size_t t = first; t < first + count; ++t) {
+        for (std::size_t d = 0; d < kDim; ++d) data.push_back(kv_value(layer, p, t, d, is_value));
+      }
+    }
+    return Tensor::from_host(data, {kBatch, kHeads, count, kDim}, dtype, GetParam());
+  }
+
+  void append(KVCache& cache, std::size_t layer, std::size_t first, std::size_t count) const {
+    cache.append(layer, tokens(layer, first, count, false), tokens(layer, first, count, true));
+  }
+
+  // A cache of `layers` layers holding positions [0, length).
+  KVCache filled(std::size_t layers, std::size_t length) const {
+    KVCache cache(layers);
+    for (std::size_t l = 0; l < layers; ++l) append(cache, l, 0, length);
+    return cache;
+  }
+
+  // Expects every layer to hold exactly positions [first, first + count), keys and values, in order.
+  void expect_holds(const KVCache& cache, std::size_t first, std::size_t count) const {
+    ASSERT_EQ(cache.seq_len(), count);
+    for (std::size_t l = 0; l < cache.n_layers(); ++l) {
+      EXPECT_EQ(cache.keys(l).shape(), (Shape{kBatch, kHeads, count, kDim}));
+      EXPECT_EQ(cache.keys(l).to_host_f32(), tokens(l, first, count, false).to_host_f32()) << "keys of layer " << l;
+      EXPECT_EQ(cache.values(l).to_host_f32(), tokens(l, first, count, true).to_host_f32()) << "values of layer " << l;
+      EXPECT_EQ(cache.first_position(l), first);
+    }
+  }
+
+  static constexpr std::size_t kTokenBytes = kBatch * kHeads * kDim * sizeof(float);  // per layer, keys only
+};
+
+// ---- candle-mi's tests ----
+
+TEST_P(KVCacheTest, NewCache) {
+  const KVCache cache = KVCache::new_cache(32);
+  EXPECT_EQ(cache.n_layers(), 32u);
+  EXPECT_TRUE(cache.is_empty());
+  EXPECT_EQ(cache.seq_len(), 0u);
+  EXPECT_EQ(cache.memory_usage(), 0u);
+}
+
+TEST_P(KVCacheTest, ClearCache) {
+  KVCache cache(4);
+  cache.clear();
+  EXPECT_TRUE(cache.is_empty());
+  EXPECT_EQ(cache.n_layers(), 4u);
+}
+
+TEST_P(KVCacheTest, LayerAccessValid) {
+  const KVCache cache(4);
+  EXPECT_FALSE(cache.keys(2).defined());
+  EXPECT_FALSE(cache.values(2).defined());
+}
+
+TEST_P(KVCacheTest, LayerAccessOutOfRange) {
+  KVCache cache(4);
+  expect_error([&] { (void)cache.keys(10); }, ErrorCode::Hook, "layer 10 out of range for KV cache");
+  expect_error([&] { cache.set_layer(10, tokens(0, 0, 1, false), tokens(0, 0, 1, true)); }, ErrorCode::Hook,
+               "layer 10 out of range for KV cache");
+}
+
+TEST_P(KVCacheTest, DefaultCache) {
+  const KVCache cache;
+  EXPECT_EQ(cache.n_layers(), 0u);
+  EXPECT_TRUE(cache.is_empty());
+}
+
+// ---- filled caches ----
+
+TEST_P(KVCacheTest, SetLayerCopiesAndKeysReturnsTheStoredTokens) {
+  KVCache cache(2);
+  const Tensor k = tokens(1, 0, 6, false);
+  cache.set_layer(1, k, tokens(1, 0, 6, true));
+  EXPECT_FALSE(cache.is_empty());
+  EXPECT_EQ(cache.seq_len(), 6u);
+  EXPECT_FALSE(cache.keys(1).shares_storage_with(k));
+  EXPECT_EQ(cache.keys(1).to_host_f32(), k.to_host_f32());
+  EXPECT_FALSE(cache.keys(0).defined());
+}
+
+TEST_P(KVCacheTest, MemoryUsageCountsStoredElementsTimesDtypeSize) {
+  KVCache cache = filled(3, 10);
+  EXPECT_EQ(cache.memory_usage(), 3 * 2 * 10 * kTokenBytes);
+  EXPECT_EQ(cache.memory_reserved(), 3 * 2 * 16 * kTokenBytes);  // minimum capacity 16
+  cache.trim_to(4);
+  EXPECT_EQ(cache.memory_usage(), 3 * 2 * 4 * kTokenBytes);
+}
+
+TEST_P(KVCacheTest, TrimToKeepsTheLastTokensOfEveryLayerInOrder) {
+  KVCache cache = filled(3, 10);
+  EXPECT_TRUE(cache.trim_to(7));
+  expect_holds(cache, 3, 7);
+  EXPECT_FALSE(cache.trim_to(7));
+  EXPECT_FALSE(cache.trim_to(100));
+}
+
+TEST_P(KVCacheTest, TrimToZeroLeavesPopulatedEmptyLayers) {
+  KVCache cache = filled(2, 5);
+  EXPECT_TRUE(cache.trim_to(0));
+  EXPECT_FALSE(cache.is_empty());
+  EXPECT_EQ(cache.seq_len(), 0u);
+  EXPECT_EQ(cache.memory_usage(), 0u);
+}
+
+TEST_P(KVCacheTest, EnforceMemoryLimitTrims2048To1536) {
+  KVCache cache = filled(2, 2048);
+  EXPECT_TRUE(cache.enforce_memory_limit(cache.memory_usage() - 1));
+  expect_holds(cache, 512, 1536);
+}
+
+TEST_P(KVCacheTest, EnforceMemoryLimitTrims10To7) {
+  KVCache cache = filled(2, 10);
+  EXPECT_TRUE(cache.enforce_memory_limit(1));
+  expect_holds(cache, 3, 7);
+}
+
+TEST_P(KVCacheTest, EnforceMemoryLimitOnOneTokenReturnsFalseAndKeepsIt) {
+  KVCache cache = filled(2, 1);
+  EXPECT_FALSE(cache.enforce_memory_limit(1));
+  expect_holds(cache, 0, 1);
+}
+
+TEST_P(KVCacheTest, EnforceMemoryLimitUnderBudgetReturnsFalse) {
+  KVCache cache = filled(2, 10);
+  EXPECT_FALSE(cache.enforce_memory_limit(cache.memory_usage()));
+  EXPECT_EQ(cache.seq_len(), 10u);
+}
+
+TEST_P(KVCacheTest, UntilUnderBudgetKeepsTheLongestSuffixThatFits) {
+  KVCache cache = filled(2, 100);
+  const std::size_t per_token = 2 * 2 * kTokenBytes;  // 2 layers, keys and values
+  EXPECT_TRUE(cache.enforce_memory_limit(per_token * 37 + per_token / 2, EvictionPolicy::UntilUnderBudget));
+  expect_holds(cache, 63, 37);
+  EXPECT_LE(cache.memory_usage(), per_token * 37 + per_token / 2);
+}
+
+TEST_P(KVCacheTest, AppendAfterTrimContinuesTheSequence) {
+  KVCache cache = filled(2, 10);
+  cache.trim_to(4);
+  for (std::size_t l = 0; l < 2; ++l) append(cache, l, 10, 3);
+  // Positions 6..9 then 10..12 are consecutive, so the layer equals tokens [6, 13).
+  expect_holds(cache, 6, 7);
+}
+
+TEST_P(KVCacheTest, TrimAfterWrapAroundKeepsOrder) {
+  KVCache cache = filled(2, 16);  // capacity 16, full
+  ASSERT_EQ(cache.capacity(), 16u);
+  cache.trim_to(4);  // ring start at slot 12
+  for (std::size_t l = 0; l < 2; ++l) append(cache, l, 16, 9);  // slots 0..8, wrapping
+  EXPECT_EQ(cache.capacity(), 16u);                              // no growth: the ring reused freed slots
+  expect_holds(cache, 12, 13);
+  EXPECT_TRUE(cache.trim_to(5));
+  expect_holds(cache, 20, 5);
+}
+
+TEST_P(KVCacheTest, DecodeAppendsGrowCapacityGeometrically) {
+  KVCache cache(1);
+  std::vector<std::size_t> capacities;
+  for (std::size_t t = 0; t < 40; ++t) {
+    append(cache, 0, t, 1);
+    if (capacities.empty() || capacities.back() != cache.capacity()) capacities.push_back(cache.capacity());
+  }
+  EXPECT_EQ(capacities, (std::vector<std::size_t>{16, 32, 64}));
+  expect_holds(cache, 0, 40);
+}
+
+TEST_P(KVCacheTest, PrefillThenDecode) {
+  KVCache cache(2);
+  for (std::size_t l = 0; l < 2; ++l) append(cache, l, 0, 50);
+  for (std::size_t t = 50; t < 53; ++t) {
+    for (std::size_t l = 0; l < 2; ++l) append(cache, l, t, 1);
+  }
+  expect_holds(cache, 0, 53);
+}
+
+TEST_P(KVCacheTest, ReserveAvoidsGrowth) {
+  KVCache cache = filled(2, 3);
+  cache.reserve(100);
+  EXPECT_EQ(cache.capacity(), 100u);
+  for (std::size_t t = 3; t < 100; ++t) {
+    for (std::size_t l = 0; l < 2; ++l) append(cache, l, t, 1);
+  }
+  EXPECT_EQ(cache.capacity(), 100u);
+  expect_holds(cache, 0, 100);
+}
+
+TEST_P(KVCacheTest, ShrinkToFitAfterTrimGivesMemoryBackToTheBackend) {
+  Backend& backend = backend_for(GetParam());
+  KVCache cache = filled(3, 1000);  // capacity 1000 after one prefill append
+  cache.reserve(4096);
+  const std::size_t before = backend.memory_stats().in_use;
+  cache.trim_to(100);
+  EXPECT_EQ(backend.memory_stats().in_use, before);  // trim alone only moves the ring start
+  cache.shrink_to_fit();
+  EXPECT_EQ(cache.capacity(), 100u);
+  EXPECT_EQ(cache.memory_reserved(), cache.memory_usage());
+  EXPECT_EQ(before - backend.memory_stats().in_use, 3 * 2 * (4096 - 100) * kTokenBytes);
+  expect_holds(cache, 900, 100);
+  const Tensor first = cache.keys(0);
+  EXPECT_TRUE(first.shares_storage_with(cache.keys(0)));  // dense now: keys() returns the buffer, no gather
+}
+
+TEST_P(KVCacheTest, HalfPrecisionTokensRoundTrip) {
+  for (DType dtype : {DType::F16, DType::BF16}) {
+    KVCache cache(1);
+    const Tensor k = Tensor::from_host(random_values(kHeads * 5 * kDim, 3, -2.0f, 2.0f), {1, kHeads, 5, kDim}, dtype,
+                                       GetParam());
+    cache.append(0, k, k);
+    cache.trim_to(3);
+    const std::vector<float> all = k.to_host_f32();
+    std::vector<float> expected;
+    for (std::size_t p = 0; p < kHeads; ++p) {
+      expected.insert(expected.end(), all.begin() + static_cast<std::ptrdiff_t>((p * 5 + 2) * kDim),
+                      all.begin() + static_cast<std::ptrdiff_t>((p * 5 + 5) * kDim));
+    }
+    EXPECT_EQ(cache.values(0).to_host_f32(), expected) << dtype_name(dtype);
+    EXPECT_EQ(cache.memory_usage(), 2 * kHeads * 3 * kDim * 2);
+  }
+}
+
+// ---- atomicity ----
+
+TEST_P(KVCacheTest, MismatchedAppendLeavesCacheUnchanged) {
+  KVCache cache = filled(2, 5);
+  const Tensor wide = Tensor::empty({kBatch, kHeads, 1, kDim + 1}, DType::F32, GetParam());
+  expect_error([&] { cache.append(0, wide, wide); }, ErrorCode::Shape,
+               "append: new keys [1, 2, 1, 5] do not extend layer 0 [1, 2, 5, 4]");
+  expect_error([&] { cache.append(1, tokens(1, 5, 1, false), tokens(1, 5, 2, true)); }, ErrorCode::Shape,
+               "append: keys [1, 2, 1, 4] and values [1, 2, 2, 4] differ in shape");
+  expect_error([&] { cache.append(0, tokens(0, 5, 1, false, DType::BF16), tokens(0, 5, 1, true, DType::BF16)); },
+               ErrorCode::Config,
+               "append: bf16 on " + GetParam().to_string() + " into layer 0 of f32 on " + GetParam().to_string());
+  expect_holds(cache, 0, 5);
+}
+
+TEST_P(KVCacheTest, SetLayerWithOtherGeometryLeavesCacheUnchanged) {
+  KVCache cache = filled(2, 5);
+  const Tensor other = Tensor::empty({kBatch, kHeads + 1, 5, kDim}, DType::F32, GetParam());
+  expect_error([&] { cache.set_layer(1, other, other); }, ErrorCode::Shape,
+               "layer 1: [batch, kv_heads, head_dim] = [1, 3, 4] differs from layer 0's [1, 2, 4]");
+  const Tensor rank3 = Tensor::empty({kHeads, 5, kDim}, DType::F32, GetParam());
+  expect_error([&] { cache.set_layer(1, rank3, rank3); }, ErrorCode::Shape,
+               "set_layer: keys must be [batch, kv_heads, seq_len, head_dim], got [2, 5, 4]");
+  expect_holds(cache, 0, 5);
+}
+
+TEST_P(KVCacheTest, TrimWithUnequalLayerLengthsIsRejectedAndChangesNothing) {
+  KVCache cache = filled(2, 5);
+  append(cache, 0, 5, 1);  // a decode step half done: layer 0 has 6 tokens, layer 1 has 5
+  expect_error([&] { cache.trim_to(2); }, ErrorCode::Shape,
+               "trim_to: layer 1 holds 5 tokens, the first populated layer 6; finish the step first");
+  EXPECT_EQ(cache.keys(0).dim(2), 6u);
+  EXPECT_EQ(cache.keys(1).dim(2), 5u);
+}
+
+TEST_P(KVCacheTest, AllocationFailureDuringGrowthLeavesCacheUnchanged) {
+  Backend& backend = backend_for(GetParam());
+  for (std::size_t fail_at : {1u, 2u}) {  // the keys buffer, then the values buffer
+    KVCache cache = filled(2, 16);          // full: the next append must grow
+    const std::size_t in_use = backend.memory_stats().in_use;
+    backend.fail_allocation_after(fail_at);
+    try {
+      append(cache, 0, 16, 1);
+      ADD_FAILURE() << "append should have failed at allocation " << fail_at;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::OutOfMemory);
+    }
+    backend.fail_allocation_after(0);
+    EXPECT_EQ(backend.memory_stats().in_use, in_use);
+    EXPECT_EQ(cache.capacity(), 16u);
+    expect_holds(cache, 0, 16);
+  }
+}
+
+TEST_P(KVCacheTest, AllocationFailureDuringReserveLeavesCacheUnchanged) {
+  Backend& backend = backend_for(GetParam());
+  KVCache cache = filled(3, 8);
+  const std::size_t in_use = backend.memory_stats().in_use;
+  backend.fail_allocation_after(4);  // layer 1's values buffer
+  EXPECT_THROW(cache.reserve(64), Error);
+  backend.fail_allocation_after(0);
+  EXPECT_EQ(backend.memory_stats().in_use, in_use);
+  EXPECT_EQ(cache.capacity(), 16u);
+  expect_holds(cache, 0, 8);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, KVCacheTest, ::testing::ValuesIn(test_devices()), device_param_name);
+
+}  // namespace
+}  // namespace micache::testing
