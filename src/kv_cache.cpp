@@ -33,6 +33,31 @@ void copy_ring(const Tensor& src, std::size_t src_start, Tensor& dst, std::size_
   }
 }
 
+// The first `count` positions of `runs`.
+template <class Run>
+std::vector<Run> front_runs(const std::vector<Run>& runs, std::size_t count) {
+  std::vector<Run> out;
+  for (const Run& run : runs) {
+    if (count == 0) break;
+    const std::size_t take = std::min(count, run.length);
+    out.push_back({run.begin, take});
+    count -= take;
+  }
+  return out;
+}
+
+// `runs` without its first `count` positions.
+template <class Run>
+std::vector<Run> drop_front_runs(const std::vector<Run>& runs, std::size_t count) {
+  std::vector<Run> out;
+  for (const Run& run : runs) {
+    const std::size_t drop = std::min(count, run.length);
+    count -= drop;
+    if (run.length > drop) out.push_back({run.begin + drop, run.length - drop});
+  }
+  return out;
+}
+
 Tensor ring_buffer(const Tensor& like, std::size_t capacity) {
   return Tensor::empty({like.dim(0), like.dim(1), capacity, like.dim(3)}, like.dtype(), like.device());
 }
@@ -121,6 +146,8 @@ void KVCache::set_layer(std::size_t layer, const Tensor& keys, const Tensor& val
   next.keys = ring_buffer(keys, keys.dim(2));
   next.values = ring_buffer(values, values.dim(2));
   next.length = keys.dim(2);
+  next.runs = {{0, next.length}};
+  next.next_position = next.length;
   copy_ring(keys, 0, next.keys, 0, next.length);
   copy_ring(values, 0, next.values, 0, next.length);
   layers_[layer] = std::move(next);
@@ -169,6 +196,12 @@ void KVCache::append(std::size_t layer_index, const Tensor& new_keys, const Tens
   copy_ring(new_keys, 0, next.keys, slot, added);
   copy_ring(new_values, 0, next.values, slot, added);
   next.length = needed;
+  if (!next.runs.empty() && next.runs.back().begin + next.runs.back().length == next.next_position) {
+    next.runs.back().length += added;
+  } else {
+    next.runs.push_back({next.next_position, added});
+  }
+  next.next_position += added;
   layer = std::move(next);
 }
 
@@ -248,7 +281,7 @@ void KVCache::drop_oldest(std::size_t keep) {
     if (!layer.populated() || layer.length <= keep) continue;
     const std::size_t dropped = layer.length - keep;
     layer.start = layer.capacity() == 0 ? 0 : (layer.start + dropped) % layer.capacity();
-    layer.first_position += dropped;
+    layer.runs = drop_front_runs(layer.runs, dropped);
     layer.length = keep;
   }
 }
@@ -275,6 +308,43 @@ bool KVCache::enforce_memory_limit(std::size_t max_bytes, EvictionPolicy policy)
   return true;
 }
 
-std::size_t KVCache::first_position(std::size_t layer) const { return layer_or_throw(layer).first_position; }
+bool KVCache::evict_to_window(std::size_t sinks, std::size_t window) {
+  const std::size_t length = common_length("evict_to_window");
+  if (length <= sinks + window) return false;
+  std::vector<Layer> next = layers_;
+  for (Layer& layer : next) {
+    if (!layer.populated()) continue;
+    Layer compact = layer;
+    compact.keys = ring_buffer(layer.keys, layer.capacity());
+    compact.values = ring_buffer(layer.values, layer.capacity());
+    compact.start = 0;
+    compact.length = sinks + window;
+    const std::size_t window_start = (layer.start + length - window) % layer.capacity();
+    copy_ring(layer.keys, layer.start, compact.keys, 0, sinks);
+    copy_ring(layer.keys, window_start, compact.keys, sinks, window);
+    copy_ring(layer.values, layer.start, compact.values, 0, sinks);
+    copy_ring(layer.values, window_start, compact.values, sinks, window);
+    compact.runs = front_runs(layer.runs, sinks);
+    for (const Run& run : drop_front_runs(layer.runs, length - window)) compact.runs.push_back(run);
+    layer = std::move(compact);
+  }
+  layers_ = std::move(next);
+  return true;
+}
+
+std::size_t KVCache::first_position(std::size_t layer) const {
+  const Layer& l = layer_or_throw(layer);
+  return l.runs.empty() ? l.next_position : l.runs.front().begin;
+}
+
+std::vector<std::size_t> KVCache::positions(std::size_t layer) const {
+  const Layer& l = layer_or_throw(layer);
+  std::vector<std::size_t> out;
+  out.reserve(l.length);
+  for (const Run& run : l.runs) {
+    for (std::size_t i = 0; i < run.length; ++i) out.push_back(run.begin + i);
+  }
+  return out;
+}
 
 }  // namespace micache

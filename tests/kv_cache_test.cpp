@@ -51,6 +51,29 @@ class KVCacheTest : public ::testing::TestWithParam<Device> {
     }
   }
 
+  // Expects every layer to hold exactly the tokens at `kept` positions, in that order.
+  void expect_positions(const KVCache& cache, const std::vector<std::size_t>& kept) const {
+    ASSERT_EQ(cache.seq_len(), kept.size());
+    for (std::size_t l = 0; l < cache.n_layers(); ++l) {
+      for (bool is_value : {false, true}) {
+        std::vector<float> expected;
+        for (std::size_t p = 0; p < kBatch * kHeads; ++p) {
+          for (std::size_t t : kept) {
+            for (std::size_t d = 0; d < kDim; ++d) expected.push_back(kv_value(l, p, t, d, is_value));
+          }
+        }
+        EXPECT_EQ((is_value ? cache.values(l) : cache.keys(l)).to_host_f32(), expected) << "layer " << l;
+      }
+      EXPECT_EQ(cache.positions(l), kept) << "layer " << l;
+    }
+  }
+
+  static std::vector<std::size_t> range(std::size_t first, std::size_t end) {
+    std::vector<std::size_t> out;
+    for (std::size_t t = first; t < end; ++t) out.push_back(t);
+    return out;
+  }
+
   static constexpr std::size_t kTokenBytes = kBatch * kHeads * kDim * sizeof(float);  // per layer, keys only
 };
 
@@ -241,6 +264,60 @@ TEST_P(KVCacheTest, HalfPrecisionTokensRoundTrip) {
     EXPECT_EQ(cache.values(0).to_host_f32(), expected) << dtype_name(dtype);
     EXPECT_EQ(cache.memory_usage(), 2 * kHeads * 3 * kDim * 2);
   }
+}
+
+// ---- attention sinks + sliding window ----
+
+TEST_P(KVCacheTest, EvictToWindowKeepsSinksAndTheLastTokens) {
+  KVCache cache = filled(2, 20);
+  const std::size_t capacity = cache.capacity();
+  EXPECT_TRUE(cache.evict_to_window(4, 6));
+  std::vector<std::size_t> kept = range(0, 4);
+  for (std::size_t t : range(14, 20)) kept.push_back(t);
+  expect_positions(cache, kept);
+  EXPECT_EQ(cache.capacity(), capacity);
+  EXPECT_EQ(cache.first_position(0), 0u);
+}
+
+TEST_P(KVCacheTest, AppendAfterEvictionContinuesOriginalPositions) {
+  KVCache cache = filled(2, 20);
+  cache.evict_to_window(2, 3);
+  for (std::size_t l = 0; l < 2; ++l) append(cache, l, 20, 2);
+  expect_positions(cache, {0, 1, 17, 18, 19, 20, 21});
+}
+
+TEST_P(KVCacheTest, TrimAfterEvictionDropsSinksFirst) {
+  KVCache cache = filled(2, 20);
+  cache.evict_to_window(2, 5);
+  EXPECT_TRUE(cache.trim_to(4));
+  expect_positions(cache, range(16, 20));
+  EXPECT_EQ(cache.first_position(1), 16u);
+}
+
+TEST_P(KVCacheTest, EvictToWindowWithNothingToDropReturnsFalse) {
+  KVCache cache = filled(2, 10);
+  EXPECT_FALSE(cache.evict_to_window(4, 6));
+  EXPECT_FALSE(cache.evict_to_window(0, 10));
+  expect_positions(cache, range(0, 10));
+}
+
+TEST_P(KVCacheTest, EvictToWindowAfterWrapAround) {
+  KVCache cache = filled(2, 16);
+  cache.trim_to(6);                                              // start at slot 10
+  for (std::size_t l = 0; l < 2; ++l) append(cache, l, 16, 8);  // wraps into slots 0..7
+  EXPECT_TRUE(cache.evict_to_window(3, 4));
+  expect_positions(cache, {10, 11, 12, 20, 21, 22, 23});
+}
+
+TEST_P(KVCacheTest, AllocationFailureDuringEvictionLeavesCacheUnchanged) {
+  Backend& backend = backend_for(GetParam());
+  KVCache cache = filled(2, 20);
+  const std::size_t in_use = backend.memory_stats().in_use;
+  backend.fail_allocation_after(3);  // layer 1's keys buffer
+  EXPECT_THROW(cache.evict_to_window(2, 2), Error);
+  backend.fail_allocation_after(0);
+  EXPECT_EQ(backend.memory_stats().in_use, in_use);
+  expect_positions(cache, range(0, 20));
 }
 
 // ---- atomicity ----

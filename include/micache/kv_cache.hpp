@@ -95,21 +95,44 @@ class KVCache {
   /// false when under budget or when ThreeQuarters would trim to 0 tokens.
   bool enforce_memory_limit(std::size_t max_bytes, EvictionPolicy policy = EvictionPolicy::ThreeQuarters);
 
+  /// StreamingLLM-style eviction: keeps the first `sinks` and the last `window`
+  /// tokens of every layer (keys and values) and drops the rest, in one
+  /// compaction pass that moves each kept byte once (into new buffers of the
+  /// same capacity, so the cache stays fully usable if allocation fails: it is
+  /// then unchanged). False when seq_len() <= sinks + window.
+  /// Positions: kept keys keep the rotation they were stored with (keys stored
+  /// after RoPE are not re-rotated); `positions(layer)` tells each kept token's
+  /// original position so the caller can build the right mask or re-rotate.
+  /// Errors: Shape for unequal layer lengths; OutOfMemory (unchanged).
+  bool evict_to_window(std::size_t sinks, std::size_t window);
+
   /// Reallocates every layer to exactly seq_len tokens (0 frees the buffers),
   /// returning spare capacity to the backend. Error: OutOfMemory (unchanged).
   void shrink_to_fit();
 
   /// Original position (count of tokens appended or set before it) of the
-  /// layer's first kept token. Error: Hook for layer out of range.
+  /// layer's first kept token (the next position when the layer holds none).
+  /// Error: Hook for layer out of range.
   std::size_t first_position(std::size_t layer) const;
 
+  /// Original position of every kept token of `layer`, oldest first.
+  /// Error: Hook for layer out of range.
+  std::vector<std::size_t> positions(std::size_t layer) const;
+
  private:
+  // Kept tokens' original positions as runs of consecutive positions, oldest first.
+  struct Run {
+    std::size_t begin = 0;
+    std::size_t length = 0;
+  };
+
   struct Layer {
     Tensor keys;    // [batch, kv_heads, capacity, head_dim] ring buffer, undefined when empty
     Tensor values;  // same shape as keys
     std::size_t start = 0;
     std::size_t length = 0;
-    std::size_t first_position = 0;
+    std::vector<Run> runs;           // positions of the `length` kept tokens
+    std::size_t next_position = 0;   // position the next appended token gets
 
     bool populated() const noexcept { return keys.defined(); }
     std::size_t capacity() const noexcept { return populated() ? keys.dim(2) : 0; }
