@@ -1,0 +1,148 @@
+// KVCache benchmarks on every available device, against candle-mi's way (a new
+// concatenated tensor per step; narrow then copy to really trim) and a plain
+// device copy of the same bytes, in the same run.
+//
+// Geometry: 32 layers x [1, 8 kv heads, seq, 128] BF16 (4 KiB per token per
+// layer for keys and values, 128 KiB per token for the model).
+#include <benchmark/benchmark.h>
+
+#include <vector>
+
+#include "micache/micache.hpp"
+
+namespace {
+
+using micache::Backend;
+using micache::Device;
+using micache::DType;
+using micache::KVCache;
+using micache::Tensor;
+
+constexpr std::size_t kLayers = 32;
+constexpr std::size_t kKvHeads = 8;
+constexpr std::size_t kHeadDim = 128;
+constexpr std::size_t kTokenBytes = kKvHeads * kHeadDim * 2;  // one of K or V, one layer
+
+Tensor random_tokens(std::size_t tokens, Device device) {
+  std::vector<float> values(kKvHeads * tokens * kHeadDim);
+  for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>((i * 2654435761u) % 1000) * 1e-3f;
+  return Tensor::from_host(values, {1, kKvHeads, tokens, kHeadDim}, DType::BF16, device);
+}
+
+void report(benchmark::State& state, std::size_t bytes_per_iteration) {
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes_per_iteration));
+}
+
+// One decode step: append 1 token of K and V to each of the 32 layers.
+void decode_micache(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const Tensor token = random_tokens(1, device);
+  const Tensor prefix = random_tokens(1024, device);
+  KVCache cache(kLayers);
+  for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prefix, prefix);
+  cache.reserve(4096);
+  for (auto _ : state) {
+    if (cache.seq_len() == 4096) cache.trim_to(1024);  // O(1): moves the ring start
+    for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, token, token);
+    backend.synchronize({});
+  }
+  report(state, kLayers * 2 * kTokenBytes * 2);  // read + write of the new token's K and V
+}
+
+// candle-mi's way: each step builds a new [1, 8, len + 1, 128] tensor per K and V (Tensor::cat).
+void decode_candle_way(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const Tensor token = random_tokens(1, device);
+  std::vector<Tensor> keys(kLayers, random_tokens(1024, device));
+  std::vector<Tensor> values = keys;
+  const auto cat = [&](const Tensor& old) {
+    const std::size_t len = old.dim(2);
+    Tensor next = Tensor::empty({1, kKvHeads, len + 1, kHeadDim}, DType::BF16, device);
+    micache::TokenCopy copy{old.data(), len, 0, next.mutable_data(), len + 1, 0, kKvHeads, len, kHeadDim * 2};
+    backend.copy_tokens(copy, {});
+    copy = {token.data(), 1, 0, next.mutable_data(), len + 1, len, kKvHeads, 1, kHeadDim * 2};
+    backend.copy_tokens(copy, {});
+    return next;
+  };
+  std::size_t moved = 0;
+  for (auto _ : state) {
+    for (std::size_t l = 0; l < kLayers; ++l) {
+      moved += 2 * 2 * (keys[l].nbytes() + kTokenBytes);
+      keys[l] = cat(keys[l]);
+      values[l] = cat(values[l]);
+    }
+    backend.synchronize({});
+    if (keys[0].dim(2) == 2048) {
+      state.PauseTiming();
+      std::fill(keys.begin(), keys.end(), random_tokens(1024, device));
+      values = keys;
+      state.ResumeTiming();
+    }
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(moved));
+}
+
+// Prefill: 2048 tokens into every layer of an empty cache.
+void prefill_micache(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const Tensor prompt = random_tokens(2048, device);
+  for (auto _ : state) {
+    KVCache cache(kLayers);
+    for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prompt, prompt);
+    backend.synchronize({});
+  }
+  report(state, kLayers * 2 * 2048 * kTokenBytes * 2);
+}
+
+// Trim 8192 tokens to the last 6144 and give the memory back: trim_to (moves
+// nothing) + shrink_to_fit (one compaction moving each kept byte once).
+void trim_compact_micache(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const Tensor full = random_tokens(8192, device);
+  for (auto _ : state) {
+    state.PauseTiming();
+    KVCache cache(kLayers);
+    for (std::size_t l = 0; l < kLayers; ++l) cache.set_layer(l, full, full);
+    backend.synchronize({});
+    state.ResumeTiming();
+    cache.trim_to(6144);
+    cache.shrink_to_fit();
+    backend.synchronize({});
+  }
+  report(state, kLayers * 2 * 6144 * kTokenBytes * 2);
+}
+
+// The roof for the compaction: one device copy of the same kept bytes.
+void trim_copy_roof(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const std::size_t bytes = kLayers * 2 * 6144 * kTokenBytes;
+  Tensor src = Tensor::empty({bytes}, DType::U8, device);
+  Tensor dst = Tensor::empty({bytes}, DType::U8, device);
+  // Touch both buffers once so the timed copies measure bandwidth, not first-touch page faults.
+  backend.copy_device_to_device(src.mutable_data(), dst.data(), bytes, {});
+  backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
+  for (auto _ : state) {
+    backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
+    backend.synchronize({});
+  }
+  report(state, bytes * 2);
+}
+
+const bool registered = [] {
+  for (const Device device : micache::available_devices()) {
+    const std::string at = "/" + device.to_string();
+    benchmark::RegisterBenchmark(("kv_decode_append/micache" + at).c_str(), decode_micache, device)
+        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("kv_decode_append/candle_way" + at).c_str(), decode_candle_way, device)
+        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("kv_prefill_2048/micache" + at).c_str(), prefill_micache, device)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("kv_trim_8192_to_6144_compact/micache" + at).c_str(), trim_compact_micache, device)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("kv_trim_8192_to_6144_compact/copy_roof" + at).c_str(), trim_copy_roof, device)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+  return true;
+}();
+
+}  // namespace
