@@ -40,6 +40,15 @@ void check_position(std::size_t position, std::size_t bound, const char* bound_n
   }
 }
 
+// The view of query row `position` (validated against seq_q) of `pattern`.
+HeadMeanView query_row_view(const Tensor& pattern, std::size_t position, const HeadSelection& selection) {
+  check_position(position, pattern.dim(2), "seq_q");
+  HeadMeanView view = pattern_view(pattern, selection);
+  view.offset += position * view.row_stride;
+  view.n_rows = 1;
+  return view;
+}
+
 void require_k(std::size_t k) {
   if (k == 0) {
     throw Error(ErrorCode::Config, "k must be at least 1 for a device top-k result");
@@ -111,10 +120,7 @@ const Tensor& AttentionCache::layer_or_throw(std::size_t layer) const {
 Tensor AttentionCache::attention_from_position_tensor(std::size_t layer, std::size_t position,
                                                       const HeadSelection& selection) const {
   const Tensor& pattern = layer_or_throw(layer);
-  check_position(position, pattern.dim(2), "seq_q");
-  HeadMeanView view = pattern_view(pattern, selection);
-  view.offset += position * view.row_stride;
-  view.n_rows = 1;
+  const HeadMeanView view = query_row_view(pattern, position, selection);
   return run_head_mean(pattern, view, {view.n_cols});
 }
 
@@ -143,20 +149,15 @@ std::vector<float> AttentionCache::attention_to_position(std::size_t layer, std:
 TopK AttentionCache::top_attended_tensor(std::size_t layer, std::size_t from_position, std::size_t k,
                                          const HeadSelection& selection) const {
   const Tensor& pattern = layer_or_throw(layer);
-  check_position(from_position, pattern.dim(2), "seq_q");
-  HeadMeanView view = pattern_view(pattern, selection);
+  const HeadMeanView view = query_row_view(pattern, from_position, selection);
   require_k(k);
-  view.offset += from_position * view.row_stride;
-  view.n_rows = 1;
   return run_top_k(pattern, view, k);
 }
 
 std::vector<std::pair<std::size_t, float>> AttentionCache::top_attended_positions(
     std::size_t layer, std::size_t from_position, std::size_t k, const HeadSelection& selection) const {
   if (k == 0) {
-    const Tensor& pattern = layer_or_throw(layer);
-    check_position(from_position, pattern.dim(2), "seq_q");
-    detail::make_head_list(selection, pattern.dim(0), pattern.dim(1));
+    query_row_view(layer_or_throw(layer), from_position, selection);  // validate only
     return {};
   }
   const TopK top = top_attended_tensor(layer, from_position, k, selection);
