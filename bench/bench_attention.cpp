@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "bench/bench_report.hpp"
 #include "micache/micache.hpp"
 
 namespace {
@@ -51,11 +52,6 @@ const AttentionCache& pattern_cache(Device device) {
   return caches.back().second;
 }
 
-void finish(benchmark::State& state, Backend& backend, std::size_t bytes) {
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes));
-  state.counters["device"] = backend.device().is_cuda() ? 1 : 0;
-}
-
 // One query row, head-averaged: reads heads * seq_k BF16 values, writes seq_k floats.
 void row_query_micache(benchmark::State& state, Device device) {
   const AttentionCache& cache = pattern_cache(device);
@@ -66,7 +62,7 @@ void row_query_micache(benchmark::State& state, Device device) {
     backend.synchronize({});
     benchmark::DoNotOptimize(row);
   }
-  finish(state, backend, kHeads * kSeq * 2 + kSeq * 4);
+  micache::bench::report_bytes(state, kHeads * kSeq * 2 + kSeq * 4);
 }
 
 // candle-mi's way: convert the whole pattern to F32, then narrow to the row and average.
@@ -91,7 +87,7 @@ void row_query_candle_way(benchmark::State& state, Device device) {
     benchmark::DoNotOptimize(row);
   }
   // What it must move: the pattern read (2 B) and written as F32 (4 B), then the row.
-  finish(state, backend, kHeads * kSeq * kSeq * 6 + kHeads * kSeq * 4 + kSeq * 4);
+  micache::bench::report_bytes(state, kHeads * kSeq * kSeq * 6 + kHeads * kSeq * 4 + kSeq * 4);
 }
 
 // The whole [seq_q, seq_k] head mean: reads the pattern once, writes seq^2 floats.
@@ -103,7 +99,7 @@ void head_mean_all(benchmark::State& state, Device device) {
     backend.synchronize({});
     benchmark::DoNotOptimize(mean);
   }
-  finish(state, backend, kHeads * kSeq * kSeq * 2 + kSeq * kSeq * 4);
+  micache::bench::report_bytes(state, kHeads * kSeq * kSeq * 2 + kSeq * kSeq * 4);
 }
 
 // Top-k of every query row, head mean fused: reads the pattern once.
@@ -116,7 +112,7 @@ void top_k_all(benchmark::State& state, Device device) {
     backend.synchronize({});
     benchmark::DoNotOptimize(top);
   }
-  finish(state, backend, kHeads * kSeq * kSeq * 2 + kSeq * k * 8);
+  micache::bench::report_bytes(state, kHeads * kSeq * kSeq * 2 + kSeq * k * 8);
 }
 
 // The bandwidth roof: a device-to-device copy of the pattern's bytes (read + write).
@@ -128,10 +124,10 @@ void copy_roof(benchmark::State& state, Device device) {
     backend.copy_device_to_device(copy.mutable_data(), pattern.data(), pattern.nbytes(), {});
     backend.synchronize({});
   }
-  finish(state, backend, 2 * pattern.nbytes());
+  micache::bench::report_bytes(state, 2 * pattern.nbytes());
 }
 
-void register_all() {
+const bool registered = [] {
   for (const Device device : micache::available_devices()) {
     const std::string at = "/" + device.to_string();
     benchmark::RegisterBenchmark(("row_query/micache" + at).c_str(), row_query_micache, device)
@@ -145,14 +141,7 @@ void register_all() {
     benchmark::RegisterBenchmark(("copy_roof" + at).c_str(), copy_roof, device)
         ->Unit(benchmark::kMillisecond)->UseRealTime();
   }
-}
+  return true;
+}();
 
 }  // namespace
-
-int main(int argc, char** argv) {
-  register_all();
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
-}

@@ -8,6 +8,7 @@
 
 #include <vector>
 
+#include "bench/bench_report.hpp"
 #include "micache/micache.hpp"
 
 namespace {
@@ -29,10 +30,6 @@ Tensor random_tokens(std::size_t tokens, Device device) {
   return Tensor::from_host(values, {1, kKvHeads, tokens, kHeadDim}, DType::BF16, device);
 }
 
-void report(benchmark::State& state, std::size_t bytes_per_iteration) {
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes_per_iteration));
-}
-
 // One decode step: append 1 token of K and V to each of the 32 layers.
 void decode_micache(benchmark::State& state, Device device) {
   Backend& backend = micache::backend_for(device);
@@ -46,7 +43,7 @@ void decode_micache(benchmark::State& state, Device device) {
     for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, token, token);
     backend.synchronize({});
   }
-  report(state, kLayers * 2 * kTokenBytes * 2);  // read + write of the new token's K and V
+  micache::bench::report_bytes(state, kLayers * 2 * kTokenBytes * 2);  // read + write of the new token's K and V
 }
 
 // candle-mi's way: each step builds a new [1, 8, len + 1, 128] tensor per K and V (Tensor::cat).
@@ -91,7 +88,7 @@ void prefill_micache(benchmark::State& state, Device device) {
     for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prompt, prompt);
     backend.synchronize({});
   }
-  report(state, kLayers * 2 * 2048 * kTokenBytes * 2);
+  micache::bench::report_bytes(state, kLayers * 2 * 2048 * kTokenBytes * 2);
 }
 
 // Trim 8192 tokens to the last 6144 and give the memory back: trim_to (moves
@@ -109,7 +106,7 @@ void trim_compact_micache(benchmark::State& state, Device device) {
     cache.shrink_to_fit();
     backend.synchronize({});
   }
-  report(state, kLayers * 2 * 6144 * kTokenBytes * 2);
+  micache::bench::report_bytes(state, kLayers * 2 * 6144 * kTokenBytes * 2);
 }
 
 // The roof for the compaction: one device copy of the same kept bytes.
@@ -125,7 +122,7 @@ void trim_copy_roof(benchmark::State& state, Device device) {
     backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
     backend.synchronize({});
   }
-  report(state, bytes * 2);
+  micache::bench::report_bytes(state, bytes * 2);
 }
 
 const bool registered = [] {
