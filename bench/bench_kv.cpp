@@ -55,10 +55,21 @@ void decode_candle_way(benchmark::State& state, Device device) {
   const auto cat = [&](const Tensor& old) {
     const std::size_t len = old.dim(2);
     Tensor next = Tensor::empty({1, kKvHeads, len + 1, kHeadDim}, DType::BF16, device);
-    micache::TokenCopy copy{old.data(), len, 0, next.mutable_data(), len + 1, 0, kKvHeads, len, kHeadDim * 2};
-    backend.copy_tokens(copy, {});
-    copy = {token.data(), 1, 0, next.mutable_data(), len + 1, len, kKvHeads, 1, kHeadDim * 2};
-    backend.copy_tokens(copy, {});
+    // Tensor::cat of [old, token] along the sequence axis: two dense copies into the new tensor.
+    const auto place = [&](const Tensor& part, std::size_t at) {
+      micache::TokenCopy copy;
+      copy.src[0] = part.data();
+      copy.src_capacity = part.dim(2);
+      copy.dst[0] = next.mutable_data();
+      copy.dst_capacity = len + 1;
+      copy.dst_start = at;
+      copy.planes = kKvHeads;
+      copy.tokens = part.dim(2);
+      copy.token_bytes = kHeadDim * 2;
+      backend.copy_tokens(copy, {});
+    };
+    place(old, 0);
+    place(token, len);
     return next;
   };
   std::size_t moved = 0;

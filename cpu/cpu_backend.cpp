@@ -43,6 +43,10 @@ void CpuBackend::top_k_head_mean(const HeadMeanView& view, std::size_t k, std::i
   cpu::top_k_head_mean(view, k, indices, weights);
 }
 
+void CpuBackend::head_mean_column_sums(const HeadMeanView& view, float* out, Stream) {
+  cpu::head_mean_column_sums(view, out);
+}
+
 void CpuBackend::copy_tokens(const TokenCopy& copy, Stream) { cpu::copy_tokens(copy); }
 
 }  // namespace micache

@@ -23,6 +23,7 @@ class CpuBackend final : public Backend {
   void head_mean(const HeadMeanView& view, float* out, Stream stream) override;
   void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
                        Stream stream) override;
+  void head_mean_column_sums(const HeadMeanView& view, float* out, Stream stream) override;
   void copy_tokens(const TokenCopy& copy, Stream stream) override;
 
  protected:

@@ -1,4 +1,7 @@
+#include <algorithm>
 #include <vector>
+
+#include "micache/backend.hpp"
 
 #include "cpu/kernels.hpp"
 
@@ -45,6 +48,25 @@ void head_mean(const HeadMeanView& view, float* out) {
     case DType::I32:
     case DType::U8:
       return;  // the caches accept float patterns only
+  }
+}
+
+// One row of head means at a time (head_mean's order per element), added into
+// the chunk's partial sums row by row; each full chunk is then added to `out`.
+void head_mean_column_sums(const HeadMeanView& view, float* out) {
+  std::vector<float> row(view.n_cols);
+  std::vector<float> chunk(view.n_cols, 0.0f);
+  std::fill(out, out + view.n_cols, 0.0f);
+  for (std::size_t r = 0; r < view.n_rows; ++r) {
+    HeadMeanView one_row = view;
+    one_row.offset += r * view.row_stride;
+    one_row.n_rows = 1;
+    head_mean(one_row, row.data());
+    for (std::size_t c = 0; c < view.n_cols; ++c) chunk[c] += row[c];
+    if ((r + 1) % kColumnSumChunkRows == 0 || r + 1 == view.n_rows) {
+      for (std::size_t c = 0; c < view.n_cols; ++c) out[c] += chunk[c];
+      std::fill(chunk.begin(), chunk.end(), 0.0f);
+    }
   }
 }
 

@@ -19,6 +19,9 @@ void head_mean(const HeadMeanView& view, float* out);
 /// See Backend::top_k_head_mean.
 void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights);
 
+/// See Backend::head_mean_column_sums.
+void head_mean_column_sums(const HeadMeanView& view, float* out);
+
 /// See Backend::copy_tokens.
 void copy_tokens(const TokenCopy& copy);
 

@@ -116,6 +116,16 @@ class CudaBackend final : public Backend {
     check(status, "top_k sort");
   }
 
+  void head_mean_column_sums(const HeadMeanView& view, float* out, Stream stream) override {
+    const DeviceScope scope(index_);
+    const std::size_t chunks = column_sum_chunks(view);
+    const std::size_t partial_bytes = chunks > 1 ? chunks * view.n_cols * sizeof(float) : 0;
+    auto* partial = static_cast<float*>(allocate(partial_bytes, stream));
+    const cudaError_t status = launch_column_sums(view, partial, out, native(stream));
+    deallocate(partial, partial_bytes, stream);
+    check(status, "column sums kernel");
+  }
+
   void copy_tokens(const TokenCopy& copy, Stream stream) override {
     const DeviceScope scope(index_);
     check(launch_copy_tokens(copy, native(stream)), "copy_tokens kernel");

@@ -33,6 +33,13 @@ cudaError_t sort_top_k_temp_bytes(const HeadMeanView& view, std::size_t& bytes);
 cudaError_t sort_top_k(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
                        void* temp, std::size_t temp_bytes, cudaStream_t stream);
 
+/// Chunks `launch_column_sums` needs partial-sum scratch for: ceil(n_rows / kColumnSumChunkRows).
+std::size_t column_sum_chunks(const HeadMeanView& view);
+
+/// Backend::head_mean_column_sums on the device; `partial` holds
+/// column_sum_chunks(view) * n_cols floats (unused when there is one chunk).
+cudaError_t launch_column_sums(const HeadMeanView& view, float* partial, float* out, cudaStream_t stream);
+
 /// Backend::copy_tokens on the device.
 cudaError_t launch_copy_tokens(const TokenCopy& copy, cudaStream_t stream);
 

@@ -176,6 +176,14 @@ Tensor AttentionCache::head_mean(std::size_t layer, const HeadSelection& selecti
   return run_head_mean(pattern, view, {view.n_rows, view.n_cols});
 }
 
+Tensor AttentionCache::attention_received(std::size_t layer, const HeadSelection& selection) const {
+  const Tensor& pattern = layer_or_throw(layer);
+  const HeadMeanView view = pattern_view(pattern, selection);
+  Tensor out = Tensor::empty({view.n_cols}, DType::F32, pattern.device());
+  backend_for(pattern.device()).head_mean_column_sums(view, static_cast<float*>(out.mutable_data()), {});
+  return out;
+}
+
 TopK AttentionCache::top_attended_all(std::size_t layer, std::size_t k, const HeadSelection& selection) const {
   const Tensor& pattern = layer_or_throw(layer);
   const HeadMeanView view = pattern_view(pattern, selection);

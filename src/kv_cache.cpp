@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <climits>
+#include <cstdint>
 #include <utility>
 
+#include "micache/backend.hpp"
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
 
@@ -16,21 +19,50 @@ constexpr std::size_t kMinCapacity = 16;
 std::size_t planes_of(const Tensor& t) { return t.dim(0) * t.dim(1); }
 std::size_t token_bytes_of(const Tensor& t) { return t.dim(3) * dtype_size(t.dtype()); }
 
-// Copies `tokens` tokens from ring `src` (slot `src_start`) to ring `dst` (slot `dst_start`).
-void copy_ring(const Tensor& src, std::size_t src_start, Tensor& dst, std::size_t dst_start, std::size_t tokens) {
+// Which tokens a ring copy moves: `tokens` tokens from slot `src_start` of
+// the source (or, with `src_tokens`, the listed logical indices) to slots
+// from `dst_start` of the destination.
+struct RingCopy {
+  std::size_t src_start = 0;
+  std::size_t dst_start = 0;
+  std::size_t tokens = 0;
+  const std::int32_t* src_tokens = nullptr;
+};
+
+// Copies between rings of the same [batch, kv_heads, ·, head_dim] geometry:
+// `count` buffer pairs in one backend launch.
+void copy_rings(const Tensor* const* src, Tensor* const* dst, std::size_t count, const RingCopy& what) {
   TokenCopy copy;
-  copy.src = src.data();
-  copy.src_capacity = src.dim(2);
-  copy.src_start = src_start;
-  copy.dst = dst.mutable_data();
-  copy.dst_capacity = dst.dim(2);
-  copy.dst_start = dst_start;
-  copy.planes = planes_of(src);
-  copy.tokens = tokens;
-  copy.token_bytes = token_bytes_of(src);
-  if (tokens != 0 && copy.planes != 0) {
-    backend_for(dst.device()).copy_tokens(copy, {});
+  copy.buffers = count;
+  for (std::size_t b = 0; b < count; ++b) {
+    copy.src[b] = src[b]->data();
+    copy.dst[b] = dst[b]->mutable_data();
   }
+  copy.src_capacity = src[0]->dim(2);
+  copy.src_start = what.src_start;
+  copy.dst_capacity = dst[0]->dim(2);
+  copy.dst_start = what.dst_start;
+  copy.planes = planes_of(*src[0]);
+  copy.tokens = what.tokens;
+  copy.token_bytes = token_bytes_of(*src[0]);
+  copy.src_tokens = what.src_tokens;
+  if (copy.tokens != 0 && copy.planes != 0) {
+    backend_for(dst[0]->device()).copy_tokens(copy, {});
+  }
+}
+
+void copy_ring(const Tensor& src, Tensor& dst, const RingCopy& what) {
+  const Tensor* source = &src;
+  Tensor* target = &dst;
+  copy_rings(&source, &target, 1, what);
+}
+
+// Keys and values together, one launch.
+void copy_kv(const Tensor& src_keys, const Tensor& src_values, Tensor& dst_keys, Tensor& dst_values,
+             const RingCopy& what) {
+  const Tensor* sources[] = {&src_keys, &src_values};
+  Tensor* targets[] = {&dst_keys, &dst_values};
+  copy_rings(sources, targets, 2, what);
 }
 
 // The first `count` positions of `runs`.
@@ -148,8 +180,7 @@ void KVCache::set_layer(std::size_t layer, const Tensor& keys, const Tensor& val
   next.length = keys.dim(2);
   next.runs = {{0, next.length}};
   next.next_position = next.length;
-  copy_ring(keys, 0, next.keys, 0, next.length);
-  copy_ring(values, 0, next.values, 0, next.length);
+  copy_kv(keys, values, next.keys, next.values, {.tokens = next.length});
   layers_[layer] = std::move(next);
 }
 
@@ -158,8 +189,7 @@ KVCache::Layer KVCache::resized(const Layer& layer, std::size_t capacity) {
   next.keys = ring_buffer(layer.keys, capacity);
   next.values = ring_buffer(layer.values, capacity);
   next.start = 0;
-  copy_ring(layer.keys, layer.start, next.keys, 0, layer.length);
-  copy_ring(layer.values, layer.start, next.values, 0, layer.length);
+  copy_kv(layer.keys, layer.values, next.keys, next.values, {.src_start = layer.start, .tokens = layer.length});
   return next;
 }
 
@@ -193,8 +223,7 @@ void KVCache::append(std::size_t layer_index, const Tensor& new_keys, const Tens
     next = layer;
   }
   const std::size_t slot = (next.start + next.length) % next.capacity();
-  copy_ring(new_keys, 0, next.keys, slot, added);
-  copy_ring(new_values, 0, next.values, slot, added);
+  copy_kv(new_keys, new_values, next.keys, next.values, {.dst_start = slot, .tokens = added});
   next.length = needed;
   if (!next.runs.empty() && next.runs.back().begin + next.runs.back().length == next.next_position) {
     next.runs.back().length += added;
@@ -226,7 +255,7 @@ Tensor KVCache::dense(const Layer& layer, const Tensor& ring) const {
     return ring;
   }
   Tensor out = Tensor::empty({ring.dim(0), ring.dim(1), layer.length, ring.dim(3)}, ring.dtype(), ring.device());
-  copy_ring(ring, layer.start, out, 0, layer.length);
+  copy_ring(ring, out, {.src_start = layer.start, .tokens = layer.length});
   return out;
 }
 
@@ -320,12 +349,108 @@ bool KVCache::evict_to_window(std::size_t sinks, std::size_t window) {
     compact.start = 0;
     compact.length = sinks + window;
     const std::size_t window_start = (layer.start + length - window) % layer.capacity();
-    copy_ring(layer.keys, layer.start, compact.keys, 0, sinks);
-    copy_ring(layer.keys, window_start, compact.keys, sinks, window);
-    copy_ring(layer.values, layer.start, compact.values, 0, sinks);
-    copy_ring(layer.values, window_start, compact.values, sinks, window);
+    copy_kv(layer.keys, layer.values, compact.keys, compact.values, {.src_start = layer.start, .tokens = sinks});
+    copy_kv(layer.keys, layer.values, compact.keys, compact.values,
+            {.src_start = window_start, .dst_start = sinks, .tokens = window});
     compact.runs = front_runs(layer.runs, sinks);
     for (const Run& run : drop_front_runs(layer.runs, length - window)) compact.runs.push_back(run);
+    layer = std::move(compact);
+  }
+  layers_ = std::move(next);
+  return true;
+}
+
+// Kept logical indices per layer (empty for empty layers), ascending: the
+// `heavy` best-scored of the first length - window tokens, then the window.
+std::vector<std::vector<std::int32_t>> KVCache::heavy_hitter_indices(const Tensor& scores, std::size_t length,
+                                                                     std::size_t heavy, std::size_t window) const {
+  const Device device = first_populated()->keys.device();
+  const bool per_layer = scores.rank() == 2;
+  const std::size_t rows = per_layer ? layers_.size() : 1;
+  std::vector<std::int32_t> top(rows * heavy);
+  if (heavy > 0) {
+    HeadMeanView view;
+    view.data = scores.data();
+    view.dtype = scores.dtype();
+    view.heads.count = 1;
+    view.n_rows = rows;
+    view.row_stride = length;
+    view.n_cols = length - window;
+    Tensor indices = Tensor::empty({rows, heavy}, DType::I32, device);
+    Tensor weights = Tensor::empty({rows, heavy}, DType::F32, device);
+    backend_for(device).top_k_head_mean(view, heavy, static_cast<std::int32_t*>(indices.mutable_data()),
+                                        static_cast<float*>(weights.mutable_data()), {});
+    top = indices.to_host_i32();
+  }
+  std::vector<std::vector<std::int32_t>> kept(layers_.size());
+  for (std::size_t l = 0; l < layers_.size(); ++l) {
+    if (!layers_[l].populated()) continue;
+    const auto row = top.begin() + static_cast<std::ptrdiff_t>((per_layer ? l : 0) * heavy);
+    kept[l].assign(row, row + static_cast<std::ptrdiff_t>(heavy));
+    std::sort(kept[l].begin(), kept[l].end());
+    for (std::size_t t = length - window; t < length; ++t) kept[l].push_back(static_cast<std::int32_t>(t));
+  }
+  return kept;
+}
+
+// The original positions of `layer`'s tokens at logical indices `kept` (ascending), as runs.
+std::vector<KVCache::Run> KVCache::runs_of(const Layer& layer, const std::vector<std::int32_t>& kept) {
+  std::vector<std::size_t> original;
+  for (const Run& run : layer.runs) {
+    for (std::size_t i = 0; i < run.length; ++i) original.push_back(run.begin + i);
+  }
+  std::vector<Run> runs;
+  for (const std::int32_t index : kept) {
+    const std::size_t position = original[static_cast<std::size_t>(index)];
+    if (!runs.empty() && runs.back().begin + runs.back().length == position) {
+      ++runs.back().length;
+    } else {
+      runs.push_back({position, 1});
+    }
+  }
+  return runs;
+}
+
+bool KVCache::evict_heavy_hitters(const Tensor& scores, std::size_t heavy, std::size_t window) {
+  const std::size_t length = common_length("evict_heavy_hitters");
+  if (!scores.defined()) {
+    throw Error(ErrorCode::Config, "evict_heavy_hitters: undefined scores tensor");
+  }
+  const bool shape_ok = (scores.rank() == 1 && scores.dim(0) == length) ||
+                        (scores.rank() == 2 && scores.dim(0) == layers_.size() && scores.dim(1) == length);
+  if (!shape_ok) {
+    throw Error(ErrorCode::Shape, fmt::format("evict_heavy_hitters: scores must be [{}] or [{}, {}], got {}", length,
+                                              layers_.size(), length, scores.shape().to_string()));
+  }
+  if (!is_float_dtype(scores.dtype())) {
+    throw Error(ErrorCode::Config, fmt::format("evict_heavy_hitters: scores must be f32, f16 or bf16, got {}",
+                                               dtype_name(scores.dtype())));
+  }
+  if (length <= heavy + window) return false;
+  const Device device = first_populated()->keys.device();
+  if (!(scores.device() == device)) {
+    throw Error(ErrorCode::Config, fmt::format("evict_heavy_hitters: scores on {}, cache on {}",
+                                               scores.device().to_string(), device.to_string()));
+  }
+  if (length > static_cast<std::size_t>(INT32_MAX)) {
+    throw Error(ErrorCode::Shape, fmt::format("evict_heavy_hitters: {} tokens exceed the int32 index range", length));
+  }
+  const std::vector<std::vector<std::int32_t>> kept = heavy_hitter_indices(scores, length, heavy, window);
+  std::vector<Layer> next = layers_;
+  for (std::size_t l = 0; l < next.size(); ++l) {
+    Layer& layer = next[l];
+    if (!layer.populated()) continue;
+    const Tensor list = Tensor::from_host_i32(kept[l], {kept[l].size()}, device);
+    Layer compact = layer;
+    compact.keys = ring_buffer(layer.keys, layer.capacity());
+    compact.values = ring_buffer(layer.values, layer.capacity());
+    compact.start = 0;
+    compact.length = kept[l].size();
+    copy_kv(layer.keys, layer.values, compact.keys, compact.values,
+            {.src_start = layer.start,
+             .tokens = compact.length,
+             .src_tokens = static_cast<const std::int32_t*>(list.data())});
+    compact.runs = runs_of(layer, kept[l]);
     layer = std::move(compact);
   }
   layers_ = std::move(next);

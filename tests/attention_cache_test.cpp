@@ -223,6 +223,35 @@ TEST_P(AttentionCacheTest, HeadMeanMatchesReferenceOnRandomData) {
   }
 }
 
+TEST_P(AttentionCacheTest, AttentionReceivedSumsHeadMeanColumnsInChunkOrder) {
+  const Shape shape{2, 5, 150, 37};  // 150 rows: three chunks of kColumnSumChunkRows
+  const std::vector<float> data = random_softmax_rows(2 * 5 * 150, 37, 8);
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    const std::vector<float> stored = rounded_to(data, dtype);
+    const AttentionCache cache = one_layer(data, shape, dtype);
+    std::vector<float> expected(37, 0.0f);
+    for (std::size_t k = 0; k < 37; ++k) {
+      float chunk = 0.0f;
+      for (std::size_t q = 0; q < 150; ++q) {
+        chunk += reference_mean(stored, shape, 1, q, k, {0, 3});
+        if ((q + 1) % kColumnSumChunkRows == 0 || q + 1 == 150) {
+          expected[k] += chunk;
+          chunk = 0.0f;
+        }
+      }
+    }
+    const Tensor received = cache.attention_received(0, {.batch = 1, .heads = {3, 0}});
+    EXPECT_EQ(received.device(), GetParam());
+    expect_same_bits(received.to_host_f32(), expected);
+  }
+}
+
+TEST_P(AttentionCacheTest, AttentionReceivedOverSoftmaxRowsTotalsTheQueryCount) {
+  const AttentionCache cache = one_layer(random_softmax_rows(3 * 70, 20, 9), {1, 3, 70, 20});
+  const std::vector<float> received = cache.attention_received(0).to_host_f32();
+  EXPECT_NEAR(std::accumulate(received.begin(), received.end(), 0.0), 70.0, 1e-3);
+}
+
 TEST_P(AttentionCacheTest, TopAttendedAllMatchesReferenceForSmallAndLargeK) {
   const Shape shape{1, 5, 23, 67};
   const std::vector<float> data = random_softmax_rows(5 * 23, 67, 5);

@@ -71,6 +71,13 @@ TEST_P(CrossBackend, TopKIndicesIdenticalForEveryK) {
   }
 }
 
+TEST_P(CrossBackend, AttentionReceivedAgreesBitForBit) {
+  expect_same_bits(cuda_.attention_received(0).to_host_f32(), cpu_.attention_received(0).to_host_f32());
+  const HeadSelection some_heads{.batch = 1, .heads = {0}};
+  expect_same_bits(cuda_.attention_received(0, some_heads).to_host_f32(),
+                   cpu_.attention_received(0, some_heads).to_host_f32());
+}
+
 TEST_P(CrossBackend, ConversionAgreesBitForBit) {
   const Tensor host = *cpu_.get_layer(0);
   for (DType target : {DType::F32, DType::F16, DType::BF16}) {

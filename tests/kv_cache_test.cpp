@@ -1,6 +1,10 @@
 // KVCache: candle-mi's five tests, then everything they never checked: filled
 // caches, exact kept values, memory accounting, ring wrap-around, growth,
 // atomicity under bad input and injected allocation failure.
+#include <algorithm>
+#include <limits>
+#include <numeric>
+
 #include "test_support.hpp"
 
 namespace micache::testing {
@@ -318,6 +322,141 @@ TEST_P(KVCacheTest, AllocationFailureDuringEvictionLeavesCacheUnchanged) {
   backend.fail_allocation_after(0);
   EXPECT_EQ(backend.memory_stats().in_use, in_use);
   expect_positions(cache, range(0, 20));
+}
+
+// ---- heavy hitters (H2O) ----
+
+// Reference selection: the `heavy` best of scores[0, length - window) (ties:
+// older first, NaN last), ascending, then the window.
+std::vector<std::size_t> reference_heavy_hitters(const std::vector<float>& scores, std::size_t heavy,
+                                                 std::size_t window) {
+  std::vector<std::size_t> order(scores.size() - window);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    if (std::isnan(scores[a])) return false;
+    if (std::isnan(scores[b])) return true;
+    return scores[a] > scores[b];
+  });
+  order.resize(heavy);
+  std::sort(order.begin(), order.end());
+  for (std::size_t t = scores.size() - window; t < scores.size(); ++t) order.push_back(t);
+  return order;
+}
+
+TEST_P(KVCacheTest, HeavyHittersKeepTheBestScoredOlderTokensAndTheWindow) {
+  KVCache cache = filled(2, 12);
+  std::vector<float> scores(12, 0.1f);
+  scores[2] = 5.0f;
+  scores[7] = 3.0f;
+  scores[5] = 4.0f;
+  scores[10] = 9.0f;  // inside the window: kept anyway, not counted as a heavy hitter
+  EXPECT_TRUE(cache.evict_heavy_hitters(Tensor::from_host(scores, {12}, DType::F32, GetParam()), 3, 3));
+  expect_positions(cache, {2, 5, 7, 9, 10, 11});
+}
+
+TEST_P(KVCacheTest, HeavyHitterTiesKeepTheOlderTokenAndNaNRanksLast) {
+  KVCache cache = filled(1, 8);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> scores{nan, 1.0f, 2.0f, 1.0f, nan, 1.0f, 0.0f, 0.0f};
+  cache.evict_heavy_hitters(Tensor::from_host(scores, {8}, DType::F32, GetParam()), 3, 1);
+  expect_positions(cache, {1, 2, 3, 7});
+}
+
+TEST_P(KVCacheTest, PerLayerScoresRankEachLayerSeparately) {
+  KVCache cache = filled(2, 6);
+  const std::vector<float> scores{9, 0, 0, 0, 0, 0,   // layer 0 keeps position 0
+                                  0, 0, 0, 9, 0, 0};  // layer 1 keeps position 3
+  EXPECT_TRUE(cache.evict_heavy_hitters(Tensor::from_host(scores, {2, 6}, DType::F32, GetParam()), 1, 2));
+  EXPECT_EQ(cache.positions(0), (std::vector<std::size_t>{0, 4, 5}));
+  EXPECT_EQ(cache.positions(1), (std::vector<std::size_t>{3, 4, 5}));
+  for (std::size_t l = 0; l < 2; ++l) {
+    const std::size_t heavy = l == 0 ? 0 : 3;
+    std::vector<float> expected;
+    for (std::size_t p = 0; p < kBatch * kHeads; ++p) {
+      for (std::size_t t : {heavy, std::size_t{4}, std::size_t{5}}) {
+        for (std::size_t d = 0; d < kDim; ++d) expected.push_back(kv_value(l, p, t, d, false));
+      }
+    }
+    EXPECT_EQ(cache.keys(l).to_host_f32(), expected) << "layer " << l;
+  }
+}
+
+TEST_P(KVCacheTest, HeavyHittersMatchTheReferenceForWarpAndSortSelections) {
+  for (const std::size_t heavy : {5u, 40u}) {  // k <= 32 selects per warp; k > 32 sorts
+    for (const DType dtype : {DType::F32, DType::BF16}) {
+      KVCache cache = filled(2, 100);
+      const std::vector<float> scores = rounded_to(random_values(100, 77 + static_cast<std::uint32_t>(heavy)), dtype);
+      EXPECT_TRUE(cache.evict_heavy_hitters(Tensor::from_host(scores, {100}, dtype, GetParam()), heavy, 10));
+      expect_positions(cache, reference_heavy_hitters(scores, heavy, 10));
+    }
+  }
+}
+
+TEST_P(KVCacheTest, HeavyHittersAfterWrapAroundAndEarlierEvictionMapToOriginalPositions) {
+  KVCache cache = filled(1, 16);
+  cache.trim_to(6);                   // positions 10..15 at slots 10..15
+  append(cache, 0, 16, 8);            // 16..23 wrap into slots 0..7
+  cache.evict_to_window(2, 10);       // 10, 11, 14..23
+  const std::vector<float> scores{0, 7, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0};
+  EXPECT_TRUE(cache.evict_heavy_hitters(Tensor::from_host(scores, {12}, DType::F32, GetParam()), 2, 3));
+  expect_positions(cache, {11, 16, 21, 22, 23});
+  append(cache, 0, 24, 1);
+  expect_positions(cache, {11, 16, 21, 22, 23, 24});
+}
+
+TEST_P(KVCacheTest, HeavyHittersFedFromAttentionReceived) {
+  // Two heads, 8 causal queries; every query attends mostly to key 1 and key 4.
+  std::vector<float> pattern(2 * 8 * 8, 0.0f);
+  for (std::size_t h = 0; h < 2; ++h) {
+    for (std::size_t q = 0; q < 8; ++q) {
+      float* row = &pattern[(h * 8 + q) * 8];
+      for (std::size_t k = 0; k <= q; ++k) row[k] = 0.01f;
+      if (q >= 1) row[1] = 0.5f;
+      if (q >= 4) row[4] = h == 0 ? 0.4f : 0.3f;
+    }
+  }
+  AttentionCache attention;
+  attention.push(Tensor::from_host(pattern, {1, 2, 8, 8}, DType::F32, GetParam()));
+  KVCache cache = filled(2, 8);
+  EXPECT_TRUE(cache.evict_heavy_hitters(attention.attention_received(0), 2, 2));
+  expect_positions(cache, {1, 4, 6, 7});
+}
+
+TEST_P(KVCacheTest, HeavyHittersWithNothingToEvictReturnFalse) {
+  KVCache cache = filled(2, 6);
+  EXPECT_FALSE(cache.evict_heavy_hitters(Tensor::from_host(random_values(6, 1), {6}, DType::F32, GetParam()), 3, 3));
+  expect_holds(cache, 0, 6);
+}
+
+TEST_P(KVCacheTest, HeavyHitterScoresOfTheWrongShapeOrDtypeChangeNothing) {
+  KVCache cache = filled(2, 6);
+  expect_error([&] { cache.evict_heavy_hitters(Tensor::from_host(random_values(5, 1), {5}, DType::F32, GetParam()), 1, 1); },
+               ErrorCode::Shape, "evict_heavy_hitters: scores must be [6] or [2, 6], got [5]");
+  expect_error([&] { cache.evict_heavy_hitters(Tensor::from_host(random_values(18, 1), {3, 6}, DType::F32, GetParam()), 1, 1); },
+               ErrorCode::Shape, "evict_heavy_hitters: scores must be [6] or [2, 6], got [3, 6]");
+  const std::vector<std::int32_t> ints(6, 1);
+  expect_error([&] { cache.evict_heavy_hitters(Tensor::from_host_i32(ints, {6}, GetParam()), 1, 1); },
+               ErrorCode::Config, "evict_heavy_hitters: scores must be f32, f16 or bf16, got i32");
+  expect_holds(cache, 0, 6);
+}
+
+TEST_P(KVCacheTest, AllocationFailureDuringHeavyHitterEvictionLeavesCacheUnchanged) {
+  Backend& backend = backend_for(GetParam());
+  const Tensor scores = Tensor::from_host(random_values(20, 3), {20}, DType::F32, GetParam());
+  for (std::size_t fail_at = 1; fail_at <= 8; ++fail_at) {  // top-k outputs, then per layer: index list, K, V
+    KVCache cache = filled(2, 20);
+    const std::size_t in_use = backend.memory_stats().in_use;
+    backend.fail_allocation_after(fail_at);
+    try {
+      cache.evict_heavy_hitters(scores, 4, 4);
+      ADD_FAILURE() << "eviction should have failed at allocation " << fail_at;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::OutOfMemory);
+    }
+    backend.fail_allocation_after(0);
+    EXPECT_EQ(backend.memory_stats().in_use, in_use);
+    expect_positions(cache, range(0, 20));
+  }
 }
 
 // ---- atomicity ----

@@ -90,6 +90,14 @@ class AttentionCache {
   /// Reads heads * seq_q * seq_k elements once, writes seq_q * seq_k floats.
   Tensor head_mean(std::size_t layer, const HeadSelection& selection = {}) const;
 
+  /// The attention each key position receives, summed over every query row
+  /// of the head mean: `[seq_k]` F32 on the layer's device, `out[k] = sum_q
+  /// mean_h pattern[batch, h, q, k]` (the accumulated attention H2O ranks
+  /// tokens by; feed it to KVCache::evict_heavy_hitters). Summation order as
+  /// Backend::head_mean_column_sums, so backends agree bit for bit. Reads
+  /// heads * seq_q * seq_k elements once. Errors: Hook for layer/batch/head.
+  Tensor attention_received(std::size_t layer, const HeadSelection& selection = {}) const;
+
   /// Top-k keys of every query row in one launch: `[seq_q, min(k, seq_k)]`
   /// indices and weights on the layer's device. The head mean is fused into
   /// the selection (never materialised) for k <= kWarpTopKMax.

@@ -18,6 +18,9 @@ namespace micache {
 /// Largest k the warp-level top-k selection handles; larger k sorts each row.
 inline constexpr std::size_t kWarpTopKMax = 32;
 
+/// Rows per partial sum of `Backend::head_mean_column_sums` (fixes its summation order).
+inline constexpr std::size_t kColumnSumChunkRows = 64;
+
 /// Memory, copies and kernels for one device. Caches validate, keep their
 /// bookkeeping and call a Backend for every byte they touch; a Backend knows
 /// nothing of caches: it takes plain shapes, dtypes, raw buffers and a stream.
@@ -84,6 +87,13 @@ class Backend {
   /// over the row for k <= kWarpTopKMax; a segmented sort of the row above.
   virtual void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices,
                                float* weights, Stream stream) = 0;
+
+  /// For each column c < n_cols of `view`, the sum over its n_rows rows of the
+  /// head means into `out[c]` (f32): rows are added in order within chunks of
+  /// kColumnSumChunkRows rows, then the chunk sums are added in chunk order,
+  /// so every backend gives the same bits. Reads heads * n_rows * n_cols
+  /// elements once. (The attention each key receives, for H2O eviction.)
+  virtual void head_mean_column_sums(const HeadMeanView& view, float* out, Stream stream) = 0;
 
   /// Copies tokens between ring buffers (see TokenCopy): KV append, ring
   /// compaction, growth and dense gathers. One launch on CUDA.

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "micache/tensor.hpp"
@@ -106,6 +107,26 @@ class KVCache {
   /// Errors: Shape for unequal layer lengths; OutOfMemory (unchanged).
   bool evict_to_window(std::size_t sinks, std::size_t window);
 
+  /// Heavy-hitter eviction (H2O): keeps the last `window` tokens of every
+  /// layer and, among the older ones, the `heavy` with the largest `scores`,
+  /// in their original order; drops the rest in one gather launch per layer
+  /// (keys and values together) into new buffers of the same capacity.
+  ///
+  /// `scores` ranks the kept tokens in cache order (entry t belongs to
+  /// `positions(layer)[t]`): F32, F16 or BF16 on the cache's device, either
+  /// `[seq_len]` (one ranking for every layer) or `[n_layers, seq_len]` (one
+  /// per layer; rows of empty layers are ignored). Typically the caller's
+  /// running sum of AttentionCache::attention_received. Ties keep the older
+  /// token; NaN ranks below every number. The ranking runs on the device
+  /// (Backend::top_k_head_mean over the candidates); only the `heavy` chosen
+  /// indices per layer come back to the host, to update `positions`.
+  /// Positions: as for evict_to_window, kept keys keep their rotation.
+  ///
+  /// False when seq_len() <= heavy + window (nothing to evict). Errors: Shape
+  /// (scores shape, unequal layer lengths), Config (scores dtype or device),
+  /// OutOfMemory; on any error the cache is unchanged.
+  bool evict_heavy_hitters(const Tensor& scores, std::size_t heavy, std::size_t window);
+
   /// Reallocates every layer to exactly seq_len tokens (0 frees the buffers),
   /// returning spare capacity to the backend. Error: OutOfMemory (unchanged).
   void shrink_to_fit();
@@ -146,6 +167,9 @@ class KVCache {
   static Layer resized(const Layer& layer, std::size_t capacity);
   Tensor dense(const Layer& layer, const Tensor& ring) const;
   void drop_oldest(std::size_t keep);
+  std::vector<std::vector<std::int32_t>> heavy_hitter_indices(const Tensor& scores, std::size_t length,
+                                                              std::size_t heavy, std::size_t window) const;
+  static std::vector<Run> runs_of(const Layer& layer, const std::vector<std::int32_t>& kept);
 
   std::vector<Layer> layers_;
 };
