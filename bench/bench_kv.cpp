@@ -120,6 +120,27 @@ void trim_compact_micache(benchmark::State& state, Device device) {
   micache::bench::report_bytes(state, kLayers * 2 * 6144 * kTokenBytes * 2);
 }
 
+// Heavy-hitter eviction of 8192 tokens to 6144 (5120 best-scored older tokens
+// + the last 1024): device top-k of the scores, then one gather launch per
+// layer moving each kept byte once. Same kept bytes as the trim above.
+void evict_heavy_hitters_micache(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const Tensor full = random_tokens(8192, device);
+  std::vector<float> host_scores(8192);
+  for (std::size_t t = 0; t < host_scores.size(); ++t) host_scores[t] = static_cast<float>((t * 2654435761u) % 8191);
+  const Tensor scores = Tensor::from_host(host_scores, {8192}, DType::F32, device);
+  for (auto _ : state) {
+    state.PauseTiming();
+    KVCache cache(kLayers);
+    for (std::size_t l = 0; l < kLayers; ++l) cache.set_layer(l, full, full);
+    backend.synchronize({});
+    state.ResumeTiming();
+    cache.evict_heavy_hitters(scores, 5120, 1024);
+    backend.synchronize({});
+  }
+  micache::bench::report_bytes(state, kLayers * 2 * 6144 * kTokenBytes * 2);
+}
+
 // The roof for the compaction: one device copy of the same kept bytes.
 void trim_copy_roof(benchmark::State& state, Device device) {
   Backend& backend = micache::backend_for(device);
@@ -148,6 +169,9 @@ const bool registered = [] {
     benchmark::RegisterBenchmark(("kv_trim_8192_to_6144_compact/micache" + at).c_str(), trim_compact_micache, device)
         ->Unit(benchmark::kMillisecond)->UseRealTime();
     benchmark::RegisterBenchmark(("kv_trim_8192_to_6144_compact/copy_roof" + at).c_str(), trim_copy_roof, device)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("kv_evict_heavy_hitters_8192_to_6144/micache" + at).c_str(),
+                                 evict_heavy_hitters_micache, device)
         ->Unit(benchmark::kMillisecond)->UseRealTime();
   }
   return true;

@@ -474,6 +474,15 @@ TEST_P(KVCacheTest, MismatchedAppendLeavesCacheUnchanged) {
   expect_holds(cache, 0, 5);
 }
 
+TEST_P(KVCacheTest, OutOfRangeLayerLeavesCacheUnchanged) {
+  KVCache cache = filled(2, 5);
+  expect_error([&] { append(cache, 2, 5, 1); }, ErrorCode::Hook, "layer 2 out of range for KV cache");
+  expect_error([&] { cache.set_layer(7, tokens(0, 0, 1, false), tokens(0, 0, 1, true)); }, ErrorCode::Hook,
+               "layer 7 out of range for KV cache");
+  expect_error([&] { (void)cache.positions(2); }, ErrorCode::Hook, "layer 2 out of range for KV cache");
+  expect_holds(cache, 0, 5);
+}
+
 TEST_P(KVCacheTest, SetLayerWithOtherGeometryLeavesCacheUnchanged) {
   KVCache cache = filled(2, 5);
   const Tensor other = Tensor::empty({kBatch, kHeads + 1, 5, kDim}, DType::F32, GetParam());
