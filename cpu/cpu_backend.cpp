@@ -47,6 +47,22 @@ void CpuBackend::head_mean_column_sums(const HeadMeanView& view, float* out, Str
   cpu::head_mean_column_sums(view, out);
 }
 
+std::size_t CpuBackend::find_non_finite(const void* data, DType dtype, std::size_t count, Stream) {
+  return cpu::find_non_finite(data, dtype, count);
+}
+
+void CpuBackend::encode_records(const RecordEncode& encode, Stream) { cpu::encode_records(encode); }
+
+void CpuBackend::score_records(const RecordQuery& query, float* scores, Stream) { cpu::score_records(query, scores); }
+
+void CpuBackend::attend_records(const RecordQuery& query, const RecordRing& values, float* out, Stream) {
+  cpu::attend_records(query, values, out);
+}
+
+void CpuBackend::decode_records(const RecordRing& ring, std::size_t tokens, float* out, Stream) {
+  cpu::decode_records(ring, tokens, out);
+}
+
 void CpuBackend::copy_tokens(const TokenCopy& copy, Stream) { cpu::copy_tokens(copy); }
 
 }  // namespace micache

@@ -24,6 +24,11 @@ class CpuBackend final : public Backend {
   void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
                        Stream stream) override;
   void head_mean_column_sums(const HeadMeanView& view, float* out, Stream stream) override;
+  std::size_t find_non_finite(const void* data, DType dtype, std::size_t count, Stream stream) override;
+  void encode_records(const RecordEncode& encode, Stream stream) override;
+  void score_records(const RecordQuery& query, float* scores, Stream stream) override;
+  void attend_records(const RecordQuery& query, const RecordRing& values, float* out, Stream stream) override;
+  void decode_records(const RecordRing& ring, std::size_t tokens, float* out, Stream stream) override;
   void copy_tokens(const TokenCopy& copy, Stream stream) override;
 
  protected:

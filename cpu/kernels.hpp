@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "micache/compressed_records.hpp"
 #include "micache/dtype.hpp"
 #include "micache/head_mean_view.hpp"
 #include "micache/token_copy.hpp"
@@ -21,6 +22,21 @@ void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indi
 
 /// See Backend::head_mean_column_sums.
 void head_mean_column_sums(const HeadMeanView& view, float* out);
+
+/// See Backend::find_non_finite.
+std::size_t find_non_finite(const void* data, DType dtype, std::size_t count);
+
+/// See Backend::encode_records.
+void encode_records(const RecordEncode& encode);
+
+/// See Backend::score_records.
+void score_records(const RecordQuery& query, float* scores);
+
+/// See Backend::attend_records.
+void attend_records(const RecordQuery& query, const RecordRing& values, float* out);
+
+/// See Backend::decode_records.
+void decode_records(const RecordRing& ring, std::size_t tokens, float* out);
 
 /// See Backend::copy_tokens.
 void copy_tokens(const TokenCopy& copy);

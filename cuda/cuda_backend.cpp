@@ -126,6 +126,51 @@ class CudaBackend final : public Backend {
     check(status, "column sums kernel");
   }
 
+  std::size_t find_non_finite(const void* data, DType dtype, std::size_t count, Stream stream) override {
+    const DeviceScope scope(index_);
+    unsigned long long first = count;
+    auto* slot = static_cast<unsigned long long*>(allocate(sizeof first, stream));
+    cudaError_t status = cudaMemcpyAsync(slot, &first, sizeof first, cudaMemcpyHostToDevice, native(stream));
+    if (status == cudaSuccess) status = launch_find_non_finite(data, dtype, count, slot, native(stream));
+    if (status == cudaSuccess) status = cudaMemcpyAsync(&first, slot, sizeof first, cudaMemcpyDeviceToHost, native(stream));
+    if (status == cudaSuccess) status = cudaStreamSynchronize(native(stream));
+    deallocate(slot, sizeof first, stream);
+    check(status, "find_non_finite kernel");
+    return static_cast<std::size_t>(first);
+  }
+
+  void encode_records(const RecordEncode& encode, Stream stream) override {
+    const DeviceScope scope(index_);
+    const std::size_t bytes = encode_scratch_floats(encode) * sizeof(float);
+    auto* scratch = static_cast<float*>(allocate(bytes, stream));
+    const cudaError_t status = launch_encode_records(encode, scratch, native(stream));
+    deallocate(scratch, bytes, stream);
+    check(status, "encode_records kernel");
+  }
+
+  void score_records(const RecordQuery& query, float* scores, Stream stream) override {
+    const DeviceScope scope(index_);
+    check(launch_score_records(query, scores, native(stream)), "score_records kernel");
+  }
+
+  void attend_records(const RecordQuery& query, const RecordRing& values, float* out, Stream stream) override {
+    const DeviceScope scope(index_);
+    const std::size_t bytes = query.query_heads * query.tokens * sizeof(float);
+    auto* weights = static_cast<float*>(allocate(bytes, stream));
+    const cudaError_t status = launch_attend_records(query, values, weights, out, native(stream));
+    deallocate(weights, bytes, stream);
+    check(status, "attend_records kernel");
+  }
+
+  void decode_records(const RecordRing& ring, std::size_t tokens, float* out, Stream stream) override {
+    const DeviceScope scope(index_);
+    const std::size_t bytes = decode_scratch_floats(ring, tokens) * sizeof(float);
+    auto* scratch = static_cast<float*>(allocate(bytes, stream));
+    const cudaError_t status = launch_decode_records(ring, tokens, scratch, out, native(stream));
+    deallocate(scratch, bytes, stream);
+    check(status, "decode_records kernel");
+  }
+
   void copy_tokens(const TokenCopy& copy, Stream stream) override {
     const DeviceScope scope(index_);
     check(launch_copy_tokens(copy, native(stream)), "copy_tokens kernel");

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "micache/compressed_records.hpp"
 #include "micache/dtype.hpp"
 #include "micache/head_mean_view.hpp"
 #include "micache/token_copy.hpp"
@@ -39,6 +40,35 @@ std::size_t column_sum_chunks(const HeadMeanView& view);
 /// Backend::head_mean_column_sums on the device; `partial` holds
 /// column_sum_chunks(view) * n_cols floats (unused when there is one chunk).
 cudaError_t launch_column_sums(const HeadMeanView& view, float* partial, float* out, cudaStream_t stream);
+
+/// Vectors one encode or decode launch handles (bounds the per-thread scratch).
+inline constexpr std::size_t kRecordChunk = 8192;
+
+/// Backend::find_non_finite on the device: atomicMin of the first bad index
+/// into `*first`, which the caller initialises to `count`.
+cudaError_t launch_find_non_finite(const void* data, DType dtype, std::size_t count, unsigned long long* first,
+                                   cudaStream_t stream);
+
+/// Floats of scratch `launch_encode_records` needs.
+std::size_t encode_scratch_floats(const RecordEncode& encode);
+
+/// Backend::encode_records on the device, kRecordChunk vectors per launch.
+cudaError_t launch_encode_records(const RecordEncode& encode, float* scratch, cudaStream_t stream);
+
+/// Backend::score_records on the device: one launch.
+cudaError_t launch_score_records(const RecordQuery& query, float* scores, cudaStream_t stream);
+
+/// Backend::attend_records on the device: one launch; `weights` holds
+/// query_heads * tokens floats of scratch.
+cudaError_t launch_attend_records(const RecordQuery& query, const RecordRing& values, float* weights, float* out,
+                                  cudaStream_t stream);
+
+/// Floats of scratch `launch_decode_records` needs.
+std::size_t decode_scratch_floats(const RecordRing& ring, std::size_t tokens);
+
+/// Backend::decode_records on the device, kRecordChunk vectors per launch.
+cudaError_t launch_decode_records(const RecordRing& ring, std::size_t tokens, float* scratch, float* out,
+                                  cudaStream_t stream);
 
 /// Backend::copy_tokens on the device.
 cudaError_t launch_copy_tokens(const TokenCopy& copy, cudaStream_t stream);

@@ -38,6 +38,29 @@ inline std::vector<float> random_values(std::size_t n, std::uint32_t seed, float
   return out;
 }
 
+/// N(0,1) floats from std::mt19937 through Box-Muller (std::normal_distribution
+/// gives different numbers with different standard libraries).
+class Gaussian {
+ public:
+  explicit Gaussian(std::uint32_t seed) : rng_(seed) {}
+
+  std::vector<float> vector(std::size_t n) {
+    std::vector<float> out(n);
+    for (std::size_t i = 0; i < n; i += 2) {
+      const double radius = std::sqrt(-2.0 * std::log(uniform()));
+      const double angle = 6.28318530717958647692 * uniform();
+      out[i] = static_cast<float>(radius * std::cos(angle));
+      if (i + 1 < n) out[i + 1] = static_cast<float>(radius * std::sin(angle));
+    }
+    return out;
+  }
+
+ private:
+  double uniform() { return (static_cast<double>(rng_() >> 8) + 0.5) / 16777216.0; }
+
+  std::mt19937 rng_;
+};
+
 /// Random post-softmax-like rows: each row of `cols` positive values summing to ~1.
 inline std::vector<float> random_softmax_rows(std::size_t rows, std::size_t cols, std::uint32_t seed) {
   std::vector<float> out = random_values(rows * cols, seed, 0.0f, 4.0f);

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "micache/compressed_records.hpp"
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
 #include "micache/head_mean_view.hpp"
@@ -94,6 +95,30 @@ class Backend {
   /// so every backend gives the same bits. Reads heads * n_rows * n_cols
   /// elements once. (The attention each key receives, for H2O eviction.)
   virtual void head_mean_column_sums(const HeadMeanView& view, float* out, Stream stream) = 0;
+
+  /// Index of the first NaN or infinity among `count` elements of float
+  /// `dtype` at `data`, or `count` when all are finite. Synchronises `stream`.
+  virtual std::size_t find_non_finite(const void* data, DType dtype, std::size_t count, Stream stream) = 0;
+
+  /// Encodes vectors into compressed records (see RecordEncode): rotation,
+  /// codes, norm and QJL sign bits exactly as detail::encode_record, so every
+  /// backend writes the same bytes. O(p log p + m p) per vector.
+  virtual void encode_records(const RecordEncode& encode, Stream stream) = 0;
+
+  /// Pre-softmax scores of every query head against every key record (see
+  /// RecordQuery): `scores[q * tokens + t]`. Each query is prepared once;
+  /// each score then reads one record. Agrees across backends to rounding.
+  virtual void score_records(const RecordQuery& query, float* scores, Stream stream) = 0;
+
+  /// Attention output per query head: softmax over t of the scores of
+  /// `query`, times the decoded value records `[0, query.tokens)` of `values`
+  /// (query head q reads value head q / group_size), accumulated in the
+  /// rotated domain and rotated back once: `out[q * dim + i]`. tokens >= 1.
+  virtual void attend_records(const RecordQuery& query, const RecordRing& values, float* out, Stream stream) = 0;
+
+  /// Decodes logical records `[0, tokens)` of every head of `ring` into
+  /// `out[(h * tokens + t) * dim + i]` (detail::decode_record).
+  virtual void decode_records(const RecordRing& ring, std::size_t tokens, float* out, Stream stream) = 0;
 
   /// Copies tokens between ring buffers (see TokenCopy): KV append, ring
   /// compaction, growth and dense gathers. One launch on CUDA.

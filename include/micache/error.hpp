@@ -13,6 +13,11 @@ enum class ErrorCode {
   DimensionMismatch,  ///< a vector or list of the wrong length (bitpolar)
   NonFiniteInput,     ///< NaN or infinity where a finite value is required (bitpolar)
   EmptyInput,         ///< a count that must be positive is zero (bitpolar)
+  ZeroDimension,      ///< a vector dimension (head_dim) is zero (bitpolar)
+  OddDimension,       ///< a vector dimension (head_dim) is odd (bitpolar)
+  InvalidBitWidth,    ///< bits per coordinate outside what is supported (bitpolar: 1..=16; micache: 1..=8)
+  ZeroProjections,    ///< the QJL projection count is zero (bitpolar)
+  DimensionTooLarge,  ///< a dimension or projection count above bitpolar's compact-format limit (bitpolar)
   Config,             ///< an invalid setting or argument value, an unsupported dtype
   OutOfMemory,        ///< an allocation failed; the object is unchanged
   Backend,            ///< a backend failed or is not built; CUDA's error text is included

@@ -1,0 +1,119 @@
+// Compressed KV cache benchmarks on every available device: encode (push a
+// token of 32 heads), scoring (keys per second, effective bandwidth over the
+// packed key records) and attention output, beside a device copy of the same
+// record bytes as the bandwidth roof, in the same run.
+//
+// Geometry: 32 heads x 4096 tokens x head_dim 128, 4 bits, 32 projections
+// (76-byte key records, 68-byte value records: 9.0 MiB of keys).
+#include <benchmark/benchmark.h>
+
+#include <vector>
+
+#include "bench/bench_report.hpp"
+#include "micache/micache.hpp"
+
+namespace {
+
+using micache::Backend;
+using micache::Device;
+using micache::DType;
+using micache::MultiHeadKvCache;
+using micache::Tensor;
+
+constexpr std::size_t kHeads = 32;
+constexpr std::size_t kTokens = 4096;
+constexpr std::size_t kDim = 128;
+const micache::KvCacheConfig kConfig{.head_dim = kDim, .bits = 4, .projections = 32, .seed = 7};
+
+Tensor pseudo_normal(std::vector<std::size_t> shape, std::size_t seed, Device device) {
+  std::size_t n = 1;
+  for (std::size_t d : shape) n *= d;
+  std::vector<float> values(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    // Sum of three uniforms, centred: bell-shaped, finite, cheap and deterministic.
+    float sum = 0.0f;
+    for (std::size_t k = 0; k < 3; ++k) sum += static_cast<float>(((i * 3 + k + seed) * 2654435761u) % 10007) / 10007.0f;
+    values[i] = (sum - 1.5f) * 2.0f;
+  }
+  return Tensor::from_host(values, micache::Shape(shape), DType::F32, device);
+}
+
+// A cache of kTokens tokens, filled by one prefill push.
+MultiHeadKvCache filled_cache(Device device) {
+  MultiHeadKvCache cache(kHeads, kConfig, device);
+  cache.heads().push(pseudo_normal({kHeads, kTokens, kDim}, 1, device), pseudo_normal({kHeads, kTokens, kDim}, 2, device));
+  return cache;
+}
+
+// One decode step: 32 heads' key and value, F32 on the device, encoded into records.
+void encode_token(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  MultiHeadKvCache cache(kHeads, kConfig, device);
+  const Tensor keys = pseudo_normal({kHeads, kDim}, 3, device);
+  const Tensor values = pseudo_normal({kHeads, kDim}, 4, device);
+  cache.heads().reserve(1024);
+  for (auto _ : state) {
+    if (cache.len() == 1024) cache.heads().keep_last(0);
+    cache.heads().push(keys, values);
+    backend.synchronize({});
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(2 * kHeads));  // vectors encoded
+}
+
+// Scores of 32 query heads against 4096 keys each: 131,072 keys per call.
+void score_all(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const MultiHeadKvCache cache = filled_cache(device);
+  const Tensor queries = pseudo_normal({kHeads, kDim}, 5, device);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(cache.heads().scores(queries));
+    backend.synchronize({});
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kHeads * kTokens));  // keys scored
+  micache::bench::report_bytes(state, kHeads * kTokens * (cache.heads().key_record_bytes() + sizeof(float)));
+}
+
+// softmax(scores) . V for 32 query heads over 4096 tokens.
+void attention_output(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const MultiHeadKvCache cache = filled_cache(device);
+  const Tensor queries = pseudo_normal({kHeads, kDim}, 6, device);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(cache.heads().attention_output(queries));
+    backend.synchronize({});
+  }
+  state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kHeads * kTokens));  // tokens attended
+  micache::bench::report_bytes(state, cache.heads().memory_usage());
+}
+
+// The roof for scoring: a device copy of the key records' bytes.
+void key_bytes_copy_roof(benchmark::State& state, Device device) {
+  Backend& backend = micache::backend_for(device);
+  const std::size_t bytes = kHeads * kTokens * micache::detail::make_record_layout(kDim, 4, 32).record_bytes;
+  Tensor src = Tensor::empty({bytes}, DType::U8, device);
+  Tensor dst = Tensor::empty({bytes}, DType::U8, device);
+  backend.copy_device_to_device(src.mutable_data(), dst.data(), bytes, {});
+  backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
+  for (auto _ : state) {
+    backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
+    backend.synchronize({});
+  }
+  micache::bench::report_bytes(state, 2 * bytes);
+}
+
+const bool registered = [] {
+  for (const Device device : micache::available_devices()) {
+    const std::string at = "/" + device.to_string();
+    benchmark::RegisterBenchmark(("compressed_encode_token_32_heads" + at).c_str(), encode_token, device)
+        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("compressed_score_32x4096/micache" + at).c_str(), score_all, device)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("compressed_score_32x4096/copy_roof" + at).c_str(), key_bytes_copy_roof, device)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("compressed_attention_output_32x4096" + at).c_str(), attention_output, device)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+  return true;
+}();
+
+}  // namespace

@@ -1,0 +1,145 @@
+// CompressedHeads: the device-resident store of compressed keys and values behind every compressed KV cache.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "micache/compressed_records.hpp"
+#include "micache/kv_cache_config.hpp"
+#include "micache/tensor.hpp"
+
+namespace micache {
+
+/// Keys and values of `num_heads` attention heads, compressed to a few bits
+/// per coordinate, on one device. MultiHeadKvCache, GqaKvCache,
+/// SlidingWindowKvCache and KvCacheCompressor (one head) are thin layers over it.
+///
+/// Compression (TurboQuant-style, data-oblivious, online): each vector is
+/// rotated by a seeded randomised Hadamard transform (two rounds, O(d log d);
+/// head_dim is zero-padded to the next power of two p), every rotated
+/// coordinate of the unit vector is quantised by a Lloyd-Max codebook for the
+/// coordinate distribution of a random rotation, and the codes are bit-packed
+/// beside the vector's norm. Keys also keep a 1-bit QJL sketch of the residual
+/// (`projections` sign bits and the residual's norm), which gives bitpolar's
+/// unbiased inner-product estimator (ScoreEstimator::Qjl). Every head, and
+/// keys and values separately, get independent rotations and QJL matrices
+/// from (seed, head, kind). Record format: detail::RecordLayout.
+///
+/// Memory per token: num_heads * (key_record_bytes + value_record_bytes). At
+/// head_dim 128, 4 bits, 32 projections that is 76 + 68 = 144 bytes per head
+/// (f32: 1024, bf16: 512; bitpolar holds 790). Storage is a ring per kind,
+/// `[num_heads, capacity, record_bytes]`, growing to max(needed, 2 * capacity,
+/// 16) tokens; `keep_last` moves the ring start (no bytes move). Fixed per
+/// head: the rotation signs and, for keys, the m x p QJL matrix (16 KiB at
+/// p 128, m 32; bitpolar: 80 KiB), counted by `table_bytes`.
+///
+/// Scores: each query is rotated (and for Qjl projected) once per call; every
+/// key then costs O(p) code lookups. `scores` and `attention_output` are one
+/// backend call over every head and token (one kernel launch on CUDA).
+///
+/// Errors (`Error` codes): DimensionMismatch (wrong head count or vector
+/// length, naming the argument), NonFiniteInput (NaN or infinity in keys,
+/// values or queries, naming the index, head and argument), Shape (tensor
+/// rank), Config (dtype, device), EmptyInput (attention over an empty cache),
+/// OutOfMemory, the config's errors at construction. A push validates every
+/// head before it writes anything: on error no head changes.
+///
+/// Thread safety: const members may run concurrently; mutation needs exclusive access.
+class CompressedHeads {
+ public:
+  /// Errors: EmptyInput (`empty input: num_heads must be > 0`), the config's (KvCacheConfig::validate).
+  CompressedHeads(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu());
+
+  std::size_t num_heads() const noexcept { return num_heads_; }
+  const KvCacheConfig& config() const noexcept { return config_; }
+  Device device() const noexcept { return device_; }
+  /// Tokens held (every head holds the same number).
+  std::size_t len() const noexcept { return length_; }
+  bool is_empty() const noexcept { return length_ == 0; }
+
+  /// Appends one token: `keys[h]` and `values[h]`, head_dim floats each, for
+  /// every head h. One host-to-device copy and one encode call for all heads.
+  void push_token(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values);
+
+  /// Appends tokens already on the device: `keys` and `values` F32/F16/BF16,
+  /// `[num_heads, head_dim]` (one token) or `[num_heads, tokens, head_dim]`
+  /// (prefill). The finiteness check synchronises once per tensor.
+  void push(const Tensor& keys, const Tensor& values);
+
+  /// Makes room for `tokens` tokens without growing again. Error: OutOfMemory (unchanged).
+  void reserve(std::size_t tokens);
+
+  /// Pre-softmax scores q.k / sqrt(head_dim) of every query against every
+  /// token: `queries` `[num_query_heads, head_dim]` (num_query_heads =
+  /// num_heads * group_size; query head q reads head q / group_size) on the
+  /// cache's device; result F32 `[num_query_heads, len()]` there.
+  Tensor scores(const Tensor& queries, std::size_t group_size = 1) const;
+
+  /// softmax(scores) . V per query head: F32 `[num_query_heads, head_dim]`.
+  /// Values are decoded in the rotated domain and rotated back once per head.
+  /// Error: EmptyInput when the cache is empty.
+  Tensor attention_output(const Tensor& queries, std::size_t group_size = 1) const;
+
+  /// Host forms: `queries[q]` head_dim floats each; results per query head.
+  std::vector<std::vector<float>> attention_scores(const std::vector<std::vector<float>>& queries,
+                                                   std::size_t group_size = 1) const;
+  std::vector<std::vector<float>> attention_outputs(const std::vector<std::vector<float>>& queries,
+                                                    std::size_t group_size = 1) const;
+
+  /// Scores of one head's keys against one query (head_dim floats). Errors:
+  /// Hook for head out of range, DimensionMismatch, NonFiniteInput.
+  std::vector<float> head_scores(std::size_t head, const std::vector<float>& query) const;
+
+  /// Reconstructed keys / values, F32 `[num_heads, len(), head_dim]` on the device.
+  Tensor decode_keys() const;
+  Tensor decode_values() const;
+  /// One head's reconstructed keys / values, F32 `[len(), head_dim]`. Error: Hook for head out of range.
+  Tensor decode_keys(std::size_t head) const;
+  Tensor decode_values(std::size_t head) const;
+
+  /// Keeps the last `window` tokens of every head (keys and values). O(1).
+  void keep_last(std::size_t window) noexcept;
+  /// Drops every token and releases the records (the tables stay).
+  void clear() noexcept;
+
+  std::size_t key_record_bytes() const noexcept;
+  std::size_t value_record_bytes() const noexcept;
+  /// Bytes of the records of the tokens held: len * num_heads * (key + value record bytes).
+  std::size_t memory_usage() const noexcept;
+  /// Bytes the record rings hold, spare capacity included.
+  std::size_t memory_reserved() const noexcept;
+  /// Bytes of the fixed per-head tables on the device (rotations, QJL matrices, codebooks).
+  std::size_t table_bytes() const noexcept;
+  /// f32 bytes of the keys and values held (2 * len * num_heads * head_dim * 4)
+  /// over memory_usage(); 1.0 when empty (as bitpolar).
+  double compression_ratio() const noexcept;
+
+ private:
+  struct Tables;
+
+  void validate_host_vectors(const std::vector<std::vector<float>>& vectors, std::size_t expected_count,
+                             const char* what, const char* per_vector) const;
+  Tensor upload(const std::vector<std::vector<float>>& vectors) const;
+  void validate_queries(const Tensor& queries, std::size_t group_size) const;
+  std::size_t capacity() const noexcept;
+  std::pair<Tensor, Tensor> resized_rings(std::size_t capacity) const;
+  const CompressedHeads& check_head(std::size_t head) const;
+  Tensor decoded(const RecordRing& ring) const;
+  RecordRing key_ring() const;
+  RecordRing value_ring() const;
+  RecordQuery query_of(const Tensor& queries, std::size_t group_size) const;
+  void append_encoded(const Tensor& keys, const Tensor& values, std::size_t tokens);
+
+  std::size_t num_heads_;
+  KvCacheConfig config_;
+  Device device_;
+  std::shared_ptr<const Tables> tables_;
+  Tensor key_records_;    // U8 [num_heads, capacity, key_record_bytes], undefined when nothing is held
+  Tensor value_records_;  // U8 [num_heads, capacity, value_record_bytes]
+  std::size_t start_ = 0;
+  std::size_t length_ = 0;
+};
+
+}  // namespace micache

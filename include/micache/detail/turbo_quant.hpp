@@ -1,0 +1,430 @@
+// One compressed vector ("record") of a TurboQuant-style KV cache, and the
+// per-vector math that the CPU backend and the CUDA kernels share: randomised
+// Hadamard rotation, scalar codes, norms, QJL residual signs, score estimates.
+// C++17: included by .cu files.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "micache/detail/host_device.hpp"
+
+namespace micache::detail {
+
+// ---------------------------------------------------------------------------
+// Rounding. Every product and sum whose bits end up in a record (norms,
+// rotation, codes, residual, sign bits) goes through these helpers. nvcc
+// contracts `a * b + c` into one FMA by default (one rounding instead of two)
+// and --use_fast_math approximates division and square roots; the intrinsics
+// below forbid both, so CPU and CUDA records are identical bit for bit. On the
+// host plain operations suffice unless the compiler fuses across statements
+// on a target with FMA: g++ in ISO mode (-std=c++NN implies -ffp-contract=off)
+// and clang's default (-ffp-contract=on: within one expression) never do;
+// -ffp-contract=fast (g++'s GNU-mode default) and -ffast-math may.
+// ---------------------------------------------------------------------------
+
+/// a * b, rounded once, never fused into an FMA.
+MICACHE_HOST_DEVICE inline float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+/// a + b, rounded once, never fused into an FMA.
+MICACHE_HOST_DEVICE inline float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+/// a / b, IEEE division even under --use_fast_math.
+MICACHE_HOST_DEVICE inline float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+/// sqrt(a), IEEE square root even under --use_fast_math.
+MICACHE_HOST_DEVICE inline float sqrt_rn(float a) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(a);
+#else
+  return std::sqrt(a);
+#endif
+}
+
+// ---------------------------------------------------------------------------
+// Record layout.
+// ---------------------------------------------------------------------------
+
+/// Byte layout of one record (one key or value vector), the same on every backend.
+///
+/// A key record is `[codes][f32 norm][f32 residual_norm][sign bits]`, a value
+/// record (projections == 0) is `[codes][f32 norm]`:
+/// - codes: `padded_dim` codes of `bits` bits, one bit stream, LSB first
+///   (coordinate i in bits [i*bits, i*bits + bits)), padded to a multiple of 4 bytes;
+/// - norm: ||x||, f32;
+/// - residual_norm: ||r||, f32, of the residual in the unit-scale rotated space;
+/// - sign bits: bit j (byte j/8, bit j%8) set when <S_j, r> >= 0; ceil(m/8)
+///   bytes padded to a multiple of 4.
+/// Floats are stored with memcpy in the machine's byte order (little-endian on
+/// every supported target), so records are byte arrays, 4-byte aligned, with no
+/// alignment requirement beyond that. When projections == 0,
+/// `residual_norm_offset == sign_offset == record_bytes` (absent).
+/// At dim 128, bits 4, m 32: 64 + 4 + 4 + 4 = 76 bytes (value record: 68).
+struct RecordLayout {
+  std::uint32_t dim;                   ///< vector length
+  std::uint32_t padded_dim;            ///< p: the next power of two >= dim (the rotation's size)
+  std::uint32_t bits;                  ///< bits per code, 1..8
+  std::uint32_t projections;           ///< m: QJL sign bits; 0 for values
+  std::uint32_t code_bytes;            ///< ceil(p * bits / 8) rounded up to a multiple of 4
+  std::uint32_t norm_offset;           ///< byte offset of the f32 norm (== code_bytes)
+  std::uint32_t residual_norm_offset;  ///< byte offset of the f32 residual norm
+  std::uint32_t sign_offset;           ///< byte offset of the sign bits
+  std::uint32_t record_bytes;          ///< bytes per record, a multiple of 4
+};
+
+/// The smallest power of two >= n (n >= 1).
+MICACHE_HOST_DEVICE constexpr std::uint32_t next_power_of_two(std::uint32_t n) {
+  std::uint32_t p = 1;
+  while (p < n) {
+    p <<= 1;
+  }
+  return p;
+}
+
+MICACHE_HOST_DEVICE constexpr std::uint32_t round_up_to_4(std::uint32_t n) { return (n + 3u) & ~3u; }
+
+/// The layout of records of `dim`-vectors with `bits`-bit codes and `projections`
+/// sign bits (0 for value records). Preconditions: 1 <= dim <= 2^31, 1 <= bits <= 8.
+MICACHE_HOST_DEVICE constexpr RecordLayout make_record_layout(std::uint32_t dim, std::uint32_t bits,
+                                                              std::uint32_t projections) {
+  RecordLayout layout{};
+  layout.dim = dim;
+  layout.padded_dim = next_power_of_two(dim);
+  layout.bits = bits;
+  layout.projections = projections;
+  layout.code_bytes = round_up_to_4((layout.padded_dim * bits + 7u) / 8u);
+  layout.norm_offset = layout.code_bytes;
+  if (projections == 0) {
+    layout.record_bytes = layout.norm_offset + 4u;
+    layout.residual_norm_offset = layout.record_bytes;
+    layout.sign_offset = layout.record_bytes;
+  } else {
+    layout.residual_norm_offset = layout.norm_offset + 4u;
+    layout.sign_offset = layout.residual_norm_offset + 4u;
+    layout.record_bytes = layout.sign_offset + round_up_to_4((projections + 7u) / 8u);
+  }
+  return layout;
+}
+
+/// sqrt(p) for a power of two p, correctly rounded (no library call: the same bits everywhere).
+MICACHE_HOST_DEVICE constexpr float sqrt_power_of_two(std::uint32_t p) {
+  float r = 1.0f;
+  for (; p >= 4u; p >>= 2) {
+    r *= 2.0f;
+  }
+  return p == 2u ? r * 1.41421356237309505f : r;
+}
+
+/// 1/sqrt(p) for a power of two p, correctly rounded.
+MICACHE_HOST_DEVICE constexpr float inv_sqrt_power_of_two(std::uint32_t p) {
+  float r = 1.0f;
+  for (; p >= 4u; p >>= 2) {
+    r *= 0.5f;
+  }
+  return p == 2u ? r * 0.707106781186547524f : r;
+}
+
+MICACHE_HOST_DEVICE inline float load_f32(const std::uint8_t* bytes) {
+  float v;
+  std::memcpy(&v, bytes, sizeof v);
+  return v;
+}
+
+MICACHE_HOST_DEVICE inline void store_f32(std::uint8_t* bytes, float v) { std::memcpy(bytes, &v, sizeof v); }
+
+// ---------------------------------------------------------------------------
+// Code packing: one LSB-first bit stream; a code of 1..8 bits spans at most two bytes.
+// ---------------------------------------------------------------------------
+
+/// Code of coordinate `i` (bits [i*bits, i*bits + bits) of `codes`). O(1).
+MICACHE_HOST_DEVICE inline std::uint32_t unpack_code(const std::uint8_t* codes, std::uint32_t i, std::uint32_t bits) {
+  const std::uint32_t bit = i * bits;
+  const std::uint32_t byte = bit >> 3;
+  const std::uint32_t shift = bit & 7u;
+  std::uint32_t window = codes[byte];
+  if (shift + bits > 8u) {
+    window |= static_cast<std::uint32_t>(codes[byte + 1]) << 8;
+  }
+  return (window >> shift) & ((1u << bits) - 1u);
+}
+
+/// ORs `code` (< 2^bits) into coordinate `i`'s bits; they must be zero beforehand. O(1).
+MICACHE_HOST_DEVICE inline void pack_code(std::uint8_t* codes, std::uint32_t i, std::uint32_t bits,
+                                          std::uint32_t code) {
+  const std::uint32_t bit = i * bits;
+  const std::uint32_t byte = bit >> 3;
+  const std::uint32_t shift = bit & 7u;
+  codes[byte] = static_cast<std::uint8_t>(codes[byte] | ((code << shift) & 0xffu));
+  if (shift + bits > 8u) {
+    codes[byte + 1] = static_cast<std::uint8_t>(codes[byte + 1] | (code >> (8u - shift)));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Rotation: a randomised Hadamard transform applied twice,
+//   y = H D2 H D1 x / p     (x zero-padded from dim to p),
+// with H the unnormalised p x p Walsh-Hadamard matrix (H H = p I) and D1, D2
+// diagonal +-1 matrices drawn at random. Each round is orthogonal
+// (H / sqrt(p) is), so ||y|| = ||x|| and <Rq, Rx> = <q, x>, and it costs
+// O(p log p) adds instead of a dense matrix's p^2 multiply-adds.
+//
+// Why two rounds: the codebook is designed for the marginal of one coordinate
+// of a uniformly random direction (close to N(0,1) after scaling by sqrt(p)).
+// One round maps a one-hot vector (a key with one outlier channel, the common
+// case in real models) to a perfectly flat vector +-||x||/sqrt(p), whose scaled
+// coordinates are all +-1: a two-point distribution, nothing like the marginal
+// the codebook and the 1/(1 - D) debiasing assume. The second round turns that
+// flat vector into coordinates that are each a sum of p random signs over p,
+// close to Gaussian; sparse or structured inputs need both rounds, dense random
+// ones do not mind.
+//
+// Signs are packed bits (`signs[k / 32] >> (k % 32) & 1`, set = -1): D1 is bits
+// [0, p), D2 bits [p, 2p). The butterflies only add and subtract, and each round
+// ends with one multiply by the constant 1/sqrt(p), so every backend that does
+// the same operations in the same order gets the same bits.
+// ---------------------------------------------------------------------------
+
+MICACHE_HOST_DEVICE inline bool sign_is_negative(const std::uint32_t* signs, std::uint32_t k) {
+  return ((signs[k >> 5] >> (k & 31u)) & 1u) != 0u;
+}
+
+/// In-place unnormalised fast Walsh-Hadamard transform of x[0..p), p a power of
+/// two: stages h = 1, 2, 4, ..., p/2; in each, for every block start i (a
+/// multiple of 2h) and j in [i, i+h), (x[j], x[j+h]) <- (x[j] + x[j+h], x[j] - x[j+h]).
+/// O(p log p) adds.
+MICACHE_HOST_DEVICE inline void fwht(float* x, std::uint32_t p) {
+  for (std::uint32_t h = 1; h < p; h <<= 1) {
+    for (std::uint32_t i = 0; i < p; i += 2 * h) {
+      for (std::uint32_t j = i; j < i + h; ++j) {
+        const float a = x[j];
+        const float b = x[j + h];
+        x[j] = add_rn(a, b);
+        x[j + h] = add_rn(a, -b);
+      }
+    }
+  }
+}
+
+/// y = H D2 H D1 x / p: x has `dim` floats, y receives `p` floats (x zero-padded).
+/// Per round: flip signs, fwht, multiply by 1/sqrt(p). O(p log p).
+MICACHE_HOST_DEVICE inline void rotate(const float* x, std::uint32_t dim, float* y, const std::uint32_t* signs,
+                                       std::uint32_t p) {
+  const float scale = inv_sqrt_power_of_two(p);
+  for (std::uint32_t i = 0; i < p; ++i) {
+    y[i] = i < dim ? (sign_is_negative(signs, i) ? -x[i] : x[i]) : 0.0f;
+  }
+  fwht(y, p);
+  for (std::uint32_t i = 0; i < p; ++i) {
+    const float v = mul_rn(y[i], scale);
+    y[i] = sign_is_negative(signs, p + i) ? -v : v;
+  }
+  fwht(y, p);
+  for (std::uint32_t i = 0; i < p; ++i) {
+    y[i] = mul_rn(y[i], scale);
+  }
+}
+
+/// The inverse rotation x = D1 H D2 H y / p, truncated to `dim` floats.
+/// `y` (p floats) is the work space and is overwritten; `x_out` may equal `y`.
+/// Per round: fwht, multiply by 1/sqrt(p), flip signs. O(p log p).
+MICACHE_HOST_DEVICE inline void unrotate(float* y, float* x_out, const std::uint32_t* signs, std::uint32_t p,
+                                         std::uint32_t dim) {
+  const float scale = inv_sqrt_power_of_two(p);
+  fwht(y, p);
+  for (std::uint32_t i = 0; i < p; ++i) {
+    const float v = mul_rn(y[i], scale);
+    y[i] = sign_is_negative(signs, p + i) ? -v : v;
+  }
+  fwht(y, p);
+  for (std::uint32_t i = 0; i < dim; ++i) {
+    const float v = mul_rn(y[i], scale);
+    x_out[i] = sign_is_negative(signs, i) ? -v : v;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Encoding and decoding.
+// ---------------------------------------------------------------------------
+
+/// Sum of v[0..n), n a power of two, as a balanced tree: first v[2i] + v[2i+1]
+/// for every i, then the same on the n/2 partial sums, and so on (a warp does
+/// the same with xor-shuffles 1, 2, 4, ... over consecutive elements).
+/// Overwrites v. O(n).
+MICACHE_HOST_DEVICE inline float tree_sum(float* v, std::uint32_t n) {
+  for (std::uint32_t width = n; width > 1u; width >>= 1) {
+    for (std::uint32_t i = 0; i < width / 2u; ++i) {
+      v[i] = add_rn(v[2u * i], v[2u * i + 1u]);
+    }
+  }
+  return v[0];
+}
+
+/// Code of the unit-scale coordinate t: the number of `boundaries` <= t
+/// (`levels - 1` ascending boundaries, levels a power of two), by binary
+/// lifting: log2(levels) steps with no data-dependent branch. NaN gets code 0.
+MICACHE_HOST_DEVICE inline std::uint32_t bucket(float t, const float* boundaries, std::uint32_t levels) {
+  std::uint32_t code = 0;
+  for (std::uint32_t step = levels >> 1; step > 0u; step >>= 1) {
+    code += boundaries[code + step - 1u] <= t ? step : 0u;
+  }
+  return code;
+}
+
+/// Encodes x (`layout.dim` floats) into `record` (`layout.record_bytes` bytes,
+/// fully written).
+///
+/// - norm = sqrt(tree_sum(x_i^2)) over the p zero-padded values;
+/// - y = rotate(x); t_i = y_i * (sqrt(p) / norm) (about N(0,1)); code_i = bucket(t_i);
+/// - residual r_i = y_i * (1 / norm) - centroids[code_i] * (1 / sqrt(p)) (unit-scale
+///   rotated space), residual_norm = sqrt(tree_sum(r_i^2));
+/// - sign bit j = tree_sum(S_ji * r_i) >= 0, S_j row j of `projection_matrix`
+///   (m x p, row-major; may be null when m == 0).
+/// A zero vector (or one whose squared norm underflows) gets every code equal to
+/// bucket(0), norm 0, residual norm 0 and no sign bits. Preconditions: x finite
+/// with ||x||^2 finite in f32; `centroids` has 2^bits entries and `boundaries`
+/// 2^bits - 1; `signs` 2p bits; `scratch` 2p floats. O(p log p + m p).
+MICACHE_HOST_DEVICE inline void encode_record(const float* x, const RecordLayout& layout, const std::uint32_t* signs,
+                                              const float* centroids, const float* boundaries,
+                                              const float* projection_matrix, float* scratch, std::uint8_t* record) {
+  const std::uint32_t p = layout.padded_dim;
+  const std::uint32_t levels = 1u << layout.bits;
+  float* y = scratch;
+  float* work = scratch + p;
+  for (std::uint32_t b = 0; b < layout.record_bytes; ++b) {
+    record[b] = 0;
+  }
+  for (std::uint32_t i = 0; i < p; ++i) {
+    work[i] = i < layout.dim ? mul_rn(x[i], x[i]) : 0.0f;
+  }
+  const float norm = sqrt_rn(tree_sum(work, p));
+  store_f32(record + layout.norm_offset, norm);
+  if (norm == 0.0f) {
+    const std::uint32_t zero_code = bucket(0.0f, boundaries, levels);
+    for (std::uint32_t i = 0; i < p; ++i) {
+      pack_code(record, i, layout.bits, zero_code);
+    }
+    return;
+  }
+  rotate(x, layout.dim, y, signs, p);
+  const float t_scale = div_rn(sqrt_power_of_two(p), norm);
+  const float inv_norm = div_rn(1.0f, norm);
+  const float inv_sqrt_p = inv_sqrt_power_of_two(p);
+  for (std::uint32_t i = 0; i < p; ++i) {
+    const std::uint32_t code = bucket(mul_rn(y[i], t_scale), boundaries, levels);
+    pack_code(record, i, layout.bits, code);
+    y[i] = add_rn(mul_rn(y[i], inv_norm), -mul_rn(centroids[code], inv_sqrt_p));
+  }
+  if (layout.projections == 0) {
+    return;
+  }
+  for (std::uint32_t i = 0; i < p; ++i) {
+    work[i] = mul_rn(y[i], y[i]);
+  }
+  store_f32(record + layout.residual_norm_offset, sqrt_rn(tree_sum(work, p)));
+  for (std::uint32_t j = 0; j < layout.projections; ++j) {
+    const float* row = projection_matrix + static_cast<std::size_t>(j) * p;
+    for (std::uint32_t i = 0; i < p; ++i) {
+      work[i] = mul_rn(row[i], y[i]);
+    }
+    if (tree_sum(work, p) >= 0.0f) {
+      std::uint8_t& byte = record[layout.sign_offset + j / 8u];
+      byte = static_cast<std::uint8_t>(byte | (1u << (j % 8u)));
+    }
+  }
+}
+
+/// Decodes a record into `out` (`layout.dim` floats), the MSE-optimal
+/// reconstruction (the QJL part plays no role):
+/// out = unrotate(centroids[code_i] * (norm * (1 / sqrt(p)))). `scratch` holds p floats.
+/// O(p log p).
+MICACHE_HOST_DEVICE inline void decode_record(const std::uint8_t* record, const RecordLayout& layout,
+                                              const std::uint32_t* signs, const float* centroids, float* scratch,
+                                              float* out) {
+  const std::uint32_t p = layout.padded_dim;
+  const float scale = mul_rn(load_f32(record + layout.norm_offset), inv_sqrt_power_of_two(p));
+  for (std::uint32_t i = 0; i < p; ++i) {
+    scratch[i] = mul_rn(centroids[unpack_code(record, i, layout.bits)], scale);
+  }
+  unrotate(scratch, out, signs, p, layout.dim);
+}
+
+// ---------------------------------------------------------------------------
+// Scores. The query is prepared once: qr = rotate(q) (p floats) and, for QJL,
+// qs_j = <S_j, qr> (m floats). Then every key costs O(p) (plus O(m) for QJL)
+// instead of a rotation. Sums are sequential: scores agree across backends to
+// a tolerance, not bit for bit.
+// ---------------------------------------------------------------------------
+
+/// Sum over i of qr_i * centroids[code_i], sequential. O(p).
+MICACHE_HOST_DEVICE inline float centroid_dot(const std::uint8_t* record, const RecordLayout& layout,
+                                              const float* centroids, const float* rotated_query) {
+  float sum = 0.0f;
+  for (std::uint32_t i = 0; i < layout.padded_dim; ++i) {
+    sum += rotated_query[i] * centroids[unpack_code(record, i, layout.bits)];
+  }
+  return sum;
+}
+
+/// Estimate of <q, x> from x's record: norm * inv_alpha * sum_i qr_i * centroids[code_i] / sqrt(p),
+/// with inv_alpha = 1 / (1 - D), D the codebook's distortion. O(p).
+///
+/// Why 1 / (1 - D): write t for a scaled rotated coordinate and Q(t) for its
+/// centroid. Lloyd-Max centroids are conditional means, Q(t) = E[t | code], so
+/// E[Q(t) t] = E[Q(t)^2] = E[t^2] - D = 1 - D. Split qr = a y + w with w
+/// orthogonal to y; over a uniformly random rotation E[w | y] = 0, hence
+/// E[<qr, y_hat>] = a E[<y, y_hat>] = a ||x||^2 (1 - D) = (1 - D) <q, x>: the plain
+/// reconstruction's inner product is shrunk by 1 - D (2/pi at 1 bit, 0.99 at 4).
+/// Dividing by it makes the estimate unbiased at zero cost (the caller folds it
+/// into the query scale), at the price of a variance larger by 1/(1 - D)^2.
+MICACHE_HOST_DEVICE inline float estimate_mse(const std::uint8_t* record, const RecordLayout& layout,
+                                              const float* centroids, const float* rotated_query, float inv_alpha) {
+  const float norm = load_f32(record + layout.norm_offset);
+  return norm * (inv_alpha * inv_sqrt_power_of_two(layout.padded_dim)) *
+         centroid_dot(record, layout, centroids, rotated_query);
+}
+
+/// bitpolar's QJL-corrected estimate of <q, x> from a key record (m > 0):
+/// norm * (sum_i qr_i * centroids[code_i] / sqrt(p) + residual_norm * sqrt(pi/2) / m * sum_j s_j qs_j),
+/// s_j = +1 when sign bit j is set (<S_j, r> >= 0), else -1. O(p + m).
+///
+/// For S_j ~ N(0, I), E[sign(<S_j, r>) <S_j, v>] = sqrt(2/pi) <r, v> / ||r||, so
+/// the second term is an unbiased estimate of <qr, r>, the part of <qr, y/||x||>
+/// the codes miss. Its variance, about (pi/2) ||r||^2 ||q||^2 / m, exceeds that of
+/// the error it corrects (about ||r||^2 ||q||^2 / p) whenever m < (pi/2) p.
+MICACHE_HOST_DEVICE inline float estimate_qjl(const std::uint8_t* record, const RecordLayout& layout,
+                                              const float* centroids, const float* rotated_query,
+                                              const float* projected_query) {
+  const float norm = load_f32(record + layout.norm_offset);
+  const float residual_norm = load_f32(record + layout.residual_norm_offset);
+  float sketch = 0.0f;
+  for (std::uint32_t j = 0; j < layout.projections; ++j) {
+    const bool positive = ((record[layout.sign_offset + j / 8u] >> (j % 8u)) & 1u) != 0u;
+    sketch += positive ? projected_query[j] : -projected_query[j];
+  }
+  const float sqrt_half_pi = 1.25331413731550025f;
+  const float correction = residual_norm * (sqrt_half_pi / static_cast<float>(layout.projections)) * sketch;
+  return norm * (inv_sqrt_power_of_two(layout.padded_dim) * centroid_dot(record, layout, centroids, rotated_query) +
+                 correction);
+}
+
+}  // namespace micache::detail

@@ -1,0 +1,98 @@
+// GqaKvCache and SlidingWindowKvCache: bitpolar 0.3.4's grouped-query and windowed compressed KV caches.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <vector>
+
+#include "micache/kv_cache_compressor.hpp"
+
+namespace micache {
+
+/// bitpolar's `GqaKvCache`: `num_kv_heads` compressed heads read by
+/// `num_query_heads` queries; query head q reads kv head q / group_size.
+class GqaKvCache {
+ public:
+  /// Errors: EmptyInput (`empty input: num_kv_heads must be > 0`, then
+  /// `... num_query_heads ...`); DimensionMismatch{expected: num_kv_heads,
+  /// actual: num_query_heads % num_kv_heads} when the counts do not divide (as
+  /// bitpolar, with the counts named in the message); the config's.
+  GqaKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, const KvCacheConfig& config,
+             Device device = Device::cpu());
+
+  /// Llama 3 8B's grouping (8 kv heads, 32 query heads) and 70B's (8, 64).
+  static GqaKvCache llama3_8b(const KvCacheConfig& config, Device device = Device::cpu()) {
+    return GqaKvCache(8, 32, config, device);
+  }
+  static GqaKvCache llama3_70b(const KvCacheConfig& config, Device device = Device::cpu()) {
+    return GqaKvCache(8, 64, config, device);
+  }
+
+  /// Appends one token: num_kv_heads keys and values. Atomic across heads.
+  void push_token(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values) {
+    heads_.push_token(keys, values);
+  }
+  /// num_query_heads queries -> `[num_query_heads][len]` pre-softmax scores.
+  std::vector<std::vector<float>> attention_scores(const std::vector<std::vector<float>>& queries) const {
+    return heads_.attention_scores(queries, group_size_);
+  }
+  /// softmax(scores) . V per query head. Error: EmptyInput when empty.
+  std::vector<std::vector<float>> attention_output(const std::vector<std::vector<float>>& queries) const {
+    return heads_.attention_outputs(queries, group_size_);
+  }
+  std::size_t len() const noexcept { return heads_.len(); }
+  bool is_empty() const noexcept { return heads_.is_empty(); }
+  std::size_t num_kv_heads() const noexcept { return heads_.num_heads(); }
+  std::size_t num_query_heads() const noexcept { return heads_.num_heads() * group_size_; }
+  std::size_t group_size() const noexcept { return group_size_; }
+  std::optional<KvHeadView> kv_head(std::size_t index) const {
+    return index < num_kv_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;
+  }
+  /// Over the whole cache (bitpolar: the mean of per-head ratios, the same number).
+  double compression_ratio() const noexcept { return heads_.compression_ratio(); }
+  void clear() noexcept { heads_.clear(); }
+
+  CompressedHeads& heads() noexcept { return heads_; }
+  const CompressedHeads& heads() const noexcept { return heads_; }
+
+ private:
+  CompressedHeads heads_;
+  std::size_t group_size_;
+};
+
+/// bitpolar's `SlidingWindowKvCache`: a GqaKvCache that keeps the last
+/// `window_size` tokens. Eviction moves the ring start (O(1), no bytes move).
+class SlidingWindowKvCache {
+ public:
+  /// Errors: EmptyInput (`empty input: window_size must be > 0`), GqaKvCache's.
+  SlidingWindowKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, std::size_t window_size,
+                       const KvCacheConfig& config, Device device = Device::cpu());
+
+  /// Appends one token, then drops the oldest while more than window_size are held.
+  void push_token(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values);
+  std::vector<std::vector<float>> attention_scores(const std::vector<std::vector<float>>& queries) const {
+    return cache_.attention_scores(queries);
+  }
+  std::vector<std::vector<float>> attention_output(const std::vector<std::vector<float>>& queries) const {
+    return cache_.attention_output(queries);
+  }
+  /// Tokens held (at most window_size).
+  std::size_t window_len() const noexcept { return cache_.len(); }
+  /// Tokens pushed since construction or the last clear.
+  std::size_t total_tokens_seen() const noexcept { return total_tokens_seen_; }
+  std::size_t window_size() const noexcept { return window_size_; }
+  bool is_empty() const noexcept { return cache_.is_empty(); }
+  /// Empties the window and resets total_tokens_seen.
+  void clear() noexcept {
+    cache_.clear();
+    total_tokens_seen_ = 0;
+  }
+  const GqaKvCache& cache() const noexcept { return cache_; }
+
+ private:
+  std::size_t window_size_;
+  GqaKvCache cache_;
+  std::size_t total_tokens_seen_ = 0;
+};
+
+}  // namespace micache
