@@ -1,5 +1,8 @@
 // CUDA against the CPU reference on fresh random data: head means equal bit
-// for bit, top-k indices identical. Skipped (with the reason) without a GPU.
+// for bit, top-k indices identical, compressed records identical. Skipped
+// (with the reason) without a GPU.
+#include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "test_support.hpp"
@@ -84,6 +87,50 @@ TEST_P(CrossBackend, ConversionAgreesBitForBit) {
     expect_same_bits(host.to(Device::cuda(0)).to_dtype(target).to_host_f32(), host.to_dtype(target).to_host_f32());
   }
 }
+
+// Compressed caches: CUDA encodes the CPU's bytes (decoded vectors equal bit
+// for bit); scores and attention outputs agree to f32 rounding of sums of 128
+// terms in another order (relative 1e-5 of the largest magnitude).
+class CompressedCrossBackend : public ::testing::TestWithParam<ScoreEstimator> {
+ protected:
+  void SetUp() override { MICACHE_REQUIRE_CUDA(); }
+};
+
+void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu) {
+  ASSERT_EQ(gpu.size(), cpu.size());
+  float scale = 0.0f;
+  for (float v : cpu) scale = std::max(scale, std::fabs(v));
+  for (std::size_t i = 0; i < cpu.size(); ++i) EXPECT_NEAR(gpu[i], cpu[i], 1e-5f * scale) << "element " << i;
+}
+
+TEST_P(CompressedCrossBackend, EncodeIsBitExactAndScoresAgree) {
+  const KvCacheConfig config{.head_dim = 96, .bits = 3, .projections = 24, .seed = 11, .value_bits = 5,
+                             .estimator = GetParam()};
+  CompressedHeads cpu(4, config, Device::cpu());
+  CompressedHeads gpu(4, config, Device::cuda(0));
+  Gaussian gaussian(77);
+  const std::vector<float> keys = gaussian.vector(4 * 300 * 96);
+  const std::vector<float> values = gaussian.vector(4 * 300 * 96);
+  const std::vector<float> queries = gaussian.vector(8 * 96);
+  for (const Device device : {Device::cpu(), Device::cuda(0)}) {
+    CompressedHeads& heads = device.is_cpu() ? cpu : gpu;
+    heads.push(Tensor::from_host(keys, {4, 300, 96}, DType::BF16, device),
+               Tensor::from_host(values, {4, 300, 96}, DType::BF16, device));
+  }
+  expect_same_bits(gpu.decode_keys().to_host_f32(), cpu.decode_keys().to_host_f32());
+  expect_same_bits(gpu.decode_values().to_host_f32(), cpu.decode_values().to_host_f32());
+  const Tensor host_queries = Tensor::from_host(queries, {8, 96}, DType::F32);
+  expect_close(gpu.scores(host_queries.to(Device::cuda(0)), 2).to_host_f32(), cpu.scores(host_queries, 2).to_host_f32());
+  expect_close(gpu.attention_output(host_queries.to(Device::cuda(0)), 2).to_host_f32(),
+               cpu.attention_output(host_queries, 2).to_host_f32());
+}
+
+std::string estimator_name(const ::testing::TestParamInfo<ScoreEstimator>& param) {
+  return param.param == ScoreEstimator::Mse ? "mse" : "qjl";
+}
+
+INSTANTIATE_TEST_SUITE_P(Estimators, CompressedCrossBackend,
+                         ::testing::Values(ScoreEstimator::Mse, ScoreEstimator::Qjl), estimator_name);
 
 INSTANTIATE_TEST_SUITE_P(RandomPatterns, CrossBackend,
                          ::testing::Values(Case{DType::F32, 3, 1, 1}, Case{DType::F32, 4, 7, 7},
