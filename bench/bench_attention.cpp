@@ -117,14 +117,7 @@ void top_k_all(benchmark::State& state, Device device) {
 
 // The bandwidth roof: a device-to-device copy of the pattern's bytes (read + write).
 void copy_roof(benchmark::State& state, Device device) {
-  const Tensor& pattern = *pattern_cache(device).get_layer(0);
-  Backend& backend = micache::backend_for(device);
-  Tensor copy = Tensor::empty(pattern.shape(), pattern.dtype(), device);
-  for (auto _ : state) {
-    backend.copy_device_to_device(copy.mutable_data(), pattern.data(), pattern.nbytes(), {});
-    backend.synchronize({});
-  }
-  micache::bench::report_bytes(state, 2 * pattern.nbytes());
+  micache::bench::time_device_copy(state, device, pattern_cache(device).get_layer(0)->nbytes());
 }
 
 const bool registered = [] {

@@ -88,17 +88,7 @@ void attention_output(benchmark::State& state, Device device) {
 
 // The roof for scoring: a device copy of the key records' bytes.
 void key_bytes_copy_roof(benchmark::State& state, Device device) {
-  Backend& backend = micache::backend_for(device);
-  const std::size_t bytes = kHeads * kTokens * micache::detail::make_record_layout(kDim, 4, 32).record_bytes;
-  Tensor src = Tensor::empty({bytes}, DType::U8, device);
-  Tensor dst = Tensor::empty({bytes}, DType::U8, device);
-  backend.copy_device_to_device(src.mutable_data(), dst.data(), bytes, {});
-  backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
-  for (auto _ : state) {
-    backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
-    backend.synchronize({});
-  }
-  micache::bench::report_bytes(state, 2 * bytes);
+  micache::bench::time_device_copy(state, device, kHeads * kTokens * micache::detail::make_record_layout(kDim, 4, 32).record_bytes);
 }
 
 const bool registered = [] {

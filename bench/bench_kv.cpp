@@ -102,9 +102,10 @@ void prefill_micache(benchmark::State& state, Device device) {
   micache::bench::report_bytes(state, kLayers * 2 * 2048 * kTokenBytes * 2);
 }
 
-// Trim 8192 tokens to the last 6144 and give the memory back: trim_to (moves
-// nothing) + shrink_to_fit (one compaction moving each kept byte once).
-void trim_compact_micache(benchmark::State& state, Device device) {
+// Times `shrink` on a fresh cache of 32 layers x 8192 tokens per iteration
+// (the fill is untimed); it must leave 6144 tokens.
+template <class Shrink>
+void time_from_8192_to_6144(benchmark::State& state, Device device, Shrink shrink) {
   Backend& backend = micache::backend_for(device);
   const Tensor full = random_tokens(8192, device);
   for (auto _ : state) {
@@ -113,48 +114,34 @@ void trim_compact_micache(benchmark::State& state, Device device) {
     for (std::size_t l = 0; l < kLayers; ++l) cache.set_layer(l, full, full);
     backend.synchronize({});
     state.ResumeTiming();
-    cache.trim_to(6144);
-    cache.shrink_to_fit();
+    shrink(cache);
     backend.synchronize({});
   }
   micache::bench::report_bytes(state, kLayers * 2 * 6144 * kTokenBytes * 2);
+}
+
+// Trim 8192 tokens to the last 6144 and give the memory back: trim_to (moves
+// nothing) + shrink_to_fit (one compaction moving each kept byte once).
+void trim_compact_micache(benchmark::State& state, Device device) {
+  time_from_8192_to_6144(state, device, [](KVCache& cache) {
+    cache.trim_to(6144);
+    cache.shrink_to_fit();
+  });
 }
 
 // Heavy-hitter eviction of 8192 tokens to 6144 (5120 best-scored older tokens
 // + the last 1024): device top-k of the scores, then one gather launch per
 // layer moving each kept byte once. Same kept bytes as the trim above.
 void evict_heavy_hitters_micache(benchmark::State& state, Device device) {
-  Backend& backend = micache::backend_for(device);
-  const Tensor full = random_tokens(8192, device);
   std::vector<float> host_scores(8192);
   for (std::size_t t = 0; t < host_scores.size(); ++t) host_scores[t] = static_cast<float>((t * 2654435761u) % 8191);
   const Tensor scores = Tensor::from_host(host_scores, {8192}, DType::F32, device);
-  for (auto _ : state) {
-    state.PauseTiming();
-    KVCache cache(kLayers);
-    for (std::size_t l = 0; l < kLayers; ++l) cache.set_layer(l, full, full);
-    backend.synchronize({});
-    state.ResumeTiming();
-    cache.evict_heavy_hitters(scores, 5120, 1024);
-    backend.synchronize({});
-  }
-  micache::bench::report_bytes(state, kLayers * 2 * 6144 * kTokenBytes * 2);
+  time_from_8192_to_6144(state, device, [&](KVCache& cache) { cache.evict_heavy_hitters(scores, 5120, 1024); });
 }
 
 // The roof for the compaction: one device copy of the same kept bytes.
 void trim_copy_roof(benchmark::State& state, Device device) {
-  Backend& backend = micache::backend_for(device);
-  const std::size_t bytes = kLayers * 2 * 6144 * kTokenBytes;
-  Tensor src = Tensor::empty({bytes}, DType::U8, device);
-  Tensor dst = Tensor::empty({bytes}, DType::U8, device);
-  // Touch both buffers once so the timed copies measure bandwidth, not first-touch page faults.
-  backend.copy_device_to_device(src.mutable_data(), dst.data(), bytes, {});
-  backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
-  for (auto _ : state) {
-    backend.copy_device_to_device(dst.mutable_data(), src.data(), bytes, {});
-    backend.synchronize({});
-  }
-  micache::bench::report_bytes(state, bytes * 2);
+  micache::bench::time_device_copy(state, device, kLayers * 2 * 6144 * kTokenBytes);
 }
 
 const bool registered = [] {
