@@ -128,8 +128,8 @@ RecordRing CompressedHeads::value_ring() const {
 }
 
 void CompressedHeads::validate_host_vectors(const std::vector<std::vector<float>>& vectors,
-                                            std::size_t expected_count, const char* what,
-                                            const char* per_vector) const {
+                                            std::size_t expected_count, const char* what, const char* per_vector,
+                                            std::size_t first_head) const {
   if (vectors.size() != expected_count) {
     throw Error(ErrorCode::DimensionMismatch,
                 mismatch_message(expected_count, vectors.size(), fmt::format("{}: one vector per head", what)));
@@ -137,7 +137,7 @@ void CompressedHeads::validate_host_vectors(const std::vector<std::vector<float>
   for (std::size_t h = 0; h < vectors.size(); ++h) {
     if (vectors[h].size() != config_.head_dim) {
       throw Error(ErrorCode::DimensionMismatch,
-                  mismatch_message(config_.head_dim, vectors[h].size(), fmt::format("{} {}", per_vector, h)));
+                  mismatch_message(config_.head_dim, vectors[h].size(), fmt::format("{} {}", per_vector, first_head + h)));
     }
   }
   for (std::size_t h = 0; h < vectors.size(); ++h) {
@@ -145,7 +145,7 @@ void CompressedHeads::validate_host_vectors(const std::vector<std::vector<float>
     if (bad != vectors[h].end()) {
       throw Error(ErrorCode::NonFiniteInput,
                   non_finite_message(static_cast<std::size_t>(bad - vectors[h].begin()),
-                                     fmt::format("{} {}", per_vector, h)));
+                                     fmt::format("{} {}", per_vector, first_head + h)));
     }
   }
 }
@@ -328,7 +328,7 @@ std::vector<std::vector<float>> CompressedHeads::attention_outputs(const std::ve
 
 std::vector<float> CompressedHeads::head_scores(std::size_t head, const std::vector<float>& query) const {
   check_head(head);
-  validate_host_vectors({query}, 1, "query", "query of head");
+  validate_host_vectors({query}, 1, "query", "query of head", head);
   const Tensor queries = upload({query});
   RecordQuery one = query_of(queries, 1);
   one.keys = one_head(one.keys, head);

@@ -175,6 +175,7 @@ Tensor Tensor::reshape(Shape shape) const {
 std::vector<float> Tensor::to_host_f32() const {
   require_defined();
   std::vector<float> out(numel());
+  if (out.empty()) return out;
   if (dtype_ == DType::F32) {
     if (storage_->device.is_cpu()) {
       std::memcpy(out.data(), data(), nbytes());
@@ -202,6 +203,7 @@ std::vector<std::int32_t> Tensor::to_host_i32() const {
     throw Error(ErrorCode::Config, fmt::format("to_host_i32 of a {} tensor", dtype_name(dtype_)));
   }
   std::vector<std::int32_t> out(numel());
+  if (out.empty()) return out;
   if (storage_->device.is_cpu()) {
     std::memcpy(out.data(), data(), nbytes());
   } else {

@@ -253,6 +253,12 @@ TEST_P(CompressedKvCacheTest, AttentionOutputOfAnEmptyCacheIsEmptyInput) {
                "empty input: attention over an empty cache");
 }
 
+TEST_P(CompressedKvCacheTest, OneHeadViewNamesItsHeadInErrors) {
+  const MultiHeadKvCache cache(3, sample_config(), GetParam());
+  expect_error([&] { (void)cache.head(2)->attention_scores(std::vector<float>(5, 0.0f)); },
+               ErrorCode::DimensionMismatch, "dimension mismatch: quantizer expects 8, got 5 (query of head 2)");
+}
+
 TEST_P(CompressedKvCacheTest, HeadOutOfRangeIsNothing) {
   const MultiHeadKvCache cache(2, sample_config(), GetParam());
   EXPECT_TRUE(cache.head(1).has_value());

@@ -121,6 +121,12 @@ TEST(TensorWrap, ReleaseRunsOnceWhenTheLastHandleGoes) {
   EXPECT_EQ(releases, 1);
 }
 
+TEST_P(TensorTest, EmptyTensorsCopyToTheHostAsEmptyVectors) {
+  EXPECT_TRUE(Tensor::empty({3, 0}, DType::F32, GetParam()).to_host_f32().empty());
+  EXPECT_TRUE(Tensor::empty({0}, DType::BF16, GetParam()).to_host_f32().empty());
+  EXPECT_TRUE(Tensor::empty({0, 2}, DType::I32, GetParam()).to_host_i32().empty());
+}
+
 TEST(TensorUndefined, QueriesThrowConfig) {
   const Tensor t;
   EXPECT_FALSE(t.defined());

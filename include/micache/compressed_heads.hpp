@@ -120,7 +120,7 @@ class CompressedHeads {
   struct Tables;
 
   void validate_host_vectors(const std::vector<std::vector<float>>& vectors, std::size_t expected_count,
-                             const char* what, const char* per_vector) const;
+                             const char* what, const char* per_vector, std::size_t first_head = 0) const;
   Tensor upload(const std::vector<std::vector<float>>& vectors) const;
   void validate_queries(const Tensor& queries, std::size_t group_size) const;
   std::size_t capacity() const noexcept;
