@@ -8,8 +8,8 @@
 namespace micache {
 namespace {
 
-// The group size of a GQA cache, validated as bitpolar does.
-std::size_t group_size_of(std::size_t num_kv_heads, std::size_t num_query_heads) {
+// `num_kv_heads` once the head counts of a GQA cache pass bitpolar's checks.
+std::size_t validated_kv_heads(std::size_t num_kv_heads, std::size_t num_query_heads) {
   if (num_kv_heads == 0) throw Error(ErrorCode::EmptyInput, "empty input: num_kv_heads must be > 0");
   if (num_query_heads == 0) throw Error(ErrorCode::EmptyInput, "empty input: num_query_heads must be > 0");
   if (num_query_heads % num_kv_heads != 0) {
@@ -18,7 +18,7 @@ std::size_t group_size_of(std::size_t num_kv_heads, std::size_t num_query_heads)
                             "of num_kv_heads {})",
                             num_kv_heads, num_query_heads % num_kv_heads, num_query_heads, num_kv_heads));
   }
-  return num_query_heads / num_kv_heads;
+  return num_kv_heads;
 }
 
 std::size_t positive_window(std::size_t window_size) {
@@ -42,7 +42,7 @@ std::vector<std::vector<float>> KvHeadView::decode_values() const {
 
 GqaKvCache::GqaKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, const KvCacheConfig& config,
                        Device device)
-    : heads_((group_size_of(num_kv_heads, num_query_heads), num_kv_heads), config, device),
+    : CompressedCacheBase(validated_kv_heads(num_kv_heads, num_query_heads), config, device),
       group_size_(num_query_heads / num_kv_heads) {}
 
 SlidingWindowKvCache::SlidingWindowKvCache(std::size_t num_kv_heads, std::size_t num_query_heads,

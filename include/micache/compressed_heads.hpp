@@ -142,4 +142,27 @@ class CompressedHeads {
   std::size_t length_ = 0;
 };
 
+/// What every bitpolar-style compressed cache answers the same way: a
+/// CompressedHeads store and the accessors that read it. Base of
+/// KvCacheCompressor, MultiHeadKvCache and GqaKvCache.
+class CompressedCacheBase {
+ public:
+  /// Tokens held.
+  std::size_t len() const noexcept { return heads_.len(); }
+  bool is_empty() const noexcept { return heads_.is_empty(); }
+  /// f32 bytes of the keys and values held over the bytes their records hold; 1.0 when empty.
+  double compression_ratio() const noexcept { return heads_.compression_ratio(); }
+  void clear() noexcept { heads_.clear(); }
+
+  /// The store: device-tensor `push`, `scores`, `attention_output`, memory figures.
+  CompressedHeads& heads() noexcept { return heads_; }
+  const CompressedHeads& heads() const noexcept { return heads_; }
+
+ protected:
+  CompressedCacheBase(std::size_t num_heads, const KvCacheConfig& config, Device device)
+      : heads_(num_heads, config, device) {}
+
+  CompressedHeads heads_;
+};
+
 }  // namespace micache

@@ -11,7 +11,9 @@ namespace micache {
 
 /// bitpolar's `GqaKvCache`: `num_kv_heads` compressed heads read by
 /// `num_query_heads` queries; query head q reads kv head q / group_size.
-class GqaKvCache {
+/// `compression_ratio()` is over the whole cache (bitpolar averages the
+/// per-head ratios: the same number, as every head holds the same tokens).
+class GqaKvCache : public CompressedCacheBase {
  public:
   /// Errors: EmptyInput (`empty input: num_kv_heads must be > 0`, then
   /// `... num_query_heads ...`); DimensionMismatch{expected: num_kv_heads,
@@ -40,23 +42,13 @@ class GqaKvCache {
   std::vector<std::vector<float>> attention_output(const std::vector<std::vector<float>>& queries) const {
     return heads_.attention_outputs(queries, group_size_);
   }
-  std::size_t len() const noexcept { return heads_.len(); }
-  bool is_empty() const noexcept { return heads_.is_empty(); }
   std::size_t num_kv_heads() const noexcept { return heads_.num_heads(); }
   std::size_t num_query_heads() const noexcept { return heads_.num_heads() * group_size_; }
   std::size_t group_size() const noexcept { return group_size_; }
   std::optional<KvHeadView> kv_head(std::size_t index) const {
     return index < num_kv_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;
   }
-  /// Over the whole cache (bitpolar: the mean of per-head ratios, the same number).
-  double compression_ratio() const noexcept { return heads_.compression_ratio(); }
-  void clear() noexcept { heads_.clear(); }
-
-  CompressedHeads& heads() noexcept { return heads_; }
-  const CompressedHeads& heads() const noexcept { return heads_; }
-
  private:
-  CompressedHeads heads_;
   std::size_t group_size_;
 };
 

@@ -38,16 +38,14 @@ class KvHeadView {
 /// are bit-packed in memory (76 + 68 bytes per token at head_dim 128, 4 bits,
 /// 32 projections, against bitpolar's 790). See CompressedHeads for the
 /// algorithm, memory and errors; `heads()` gives the device-tensor forms.
-class KvCacheCompressor {
+class KvCacheCompressor : public CompressedCacheBase {
  public:
   /// Errors: the config's (KvCacheConfig::validate).
-  explicit KvCacheCompressor(const KvCacheConfig& config, Device device = Device::cpu()) : heads_(1, config, device) {}
+  explicit KvCacheCompressor(const KvCacheConfig& config, Device device = Device::cpu()) : CompressedCacheBase(1, config, device) {}
 
   /// Appends one key and one value (head_dim floats each). Both are checked
   /// before either is stored. Errors: DimensionMismatch, NonFiniteInput.
   void push(const std::vector<float>& key, const std::vector<float>& value) { heads_.push_token({key}, {value}); }
-  std::size_t len() const noexcept { return heads_.len(); }
-  bool is_empty() const noexcept { return heads_.is_empty(); }
   /// See KvHeadView::attention_scores.
   std::vector<float> attention_scores(const std::vector<float>& query) const { return view().attention_scores(query); }
   /// softmax(scores) . V: head_dim floats (bitpolar has no attention output).
@@ -57,20 +55,11 @@ class KvCacheCompressor {
   }
   std::vector<std::vector<float>> decode_keys() const { return view().decode_keys(); }
   std::vector<std::vector<float>> decode_values() const { return view().decode_values(); }
-  /// f32 bytes of the stored keys and values over the bytes their records hold; 1.0 when empty.
-  double compression_ratio() const noexcept { return heads_.compression_ratio(); }
   /// Keeps the last `window` keys and values. O(1).
   void evict_outside_window(std::size_t window) noexcept { heads_.keep_last(window); }
-  void clear() noexcept { heads_.clear(); }
-
-  /// The store, for device-tensor pushes and queries and memory figures.
-  CompressedHeads& heads() noexcept { return heads_; }
-  const CompressedHeads& heads() const noexcept { return heads_; }
 
  private:
   KvHeadView view() const noexcept { return KvHeadView(heads_, 0); }
-
-  CompressedHeads heads_;
 };
 
 }  // namespace micache

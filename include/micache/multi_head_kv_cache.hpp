@@ -18,11 +18,11 @@ namespace micache {
 /// (bitpolar reports `keys.len()` even when `values` is wrong), and scores for
 /// all heads are one backend call. Heads get independent randomness (bitpolar
 /// gives head h the seed seed + h). See CompressedHeads for the rest.
-class MultiHeadKvCache {
+class MultiHeadKvCache : public CompressedCacheBase {
  public:
   /// Errors: EmptyInput (`empty input: num_heads must be > 0`), the config's.
   MultiHeadKvCache(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu())
-      : heads_(num_heads, config, device) {}
+      : CompressedCacheBase(num_heads, config, device) {}
 
   /// Appends one token: exactly num_heads keys and num_heads values of head_dim
   /// floats. Errors: DimensionMismatch{expected, actual} naming `keys` or
@@ -38,22 +38,11 @@ class MultiHeadKvCache {
   std::vector<std::vector<float>> attention_output(const std::vector<std::vector<float>>& queries) const {
     return heads_.attention_outputs(queries);
   }
-  std::size_t len() const noexcept { return heads_.len(); }
-  bool is_empty() const noexcept { return heads_.is_empty(); }
   std::size_t num_heads() const noexcept { return heads_.num_heads(); }
   /// Head `index`, or nothing when out of range.
   std::optional<KvHeadView> head(std::size_t index) const {
     return index < num_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;
   }
-  double compression_ratio() const noexcept { return heads_.compression_ratio(); }
-  void clear() noexcept { heads_.clear(); }
-
-  /// The store: device-tensor `push`, `scores`, `attention_output`, memory figures.
-  CompressedHeads& heads() noexcept { return heads_; }
-  const CompressedHeads& heads() const noexcept { return heads_; }
-
- private:
-  CompressedHeads heads_;
 };
 
 }  // namespace micache
