@@ -495,6 +495,28 @@ TEST(VectorQuantizer, ZeroVectorEncodesAndDecodesToZeros) {
   EXPECT_EQ(quantizer.estimate_qjl(query, record.data()), 0.0f);
 }
 
+TEST(VectorQuantizer, HugeAndTinyVectorsEncodeLikeTheirScaledCopies) {
+  // ||x||^2 of the huge vector overflows f32 and that of the tiny one
+  // underflows; the power-of-two scaling inside encode_record keeps every code,
+  // the residual and its signs equal to those of x, and scales the norm exactly.
+  const VectorQuantizer quantizer(128, 4, 32, 5, 0);
+  const RecordLayout& layout = quantizer.layout();
+  const std::vector<float> x = Gaussian(21).vector(128);
+  std::vector<std::uint8_t> reference(layout.record_bytes);
+  quantizer.encode(x.data(), reference.data());
+  for (const int shift : {100, -80}) {  // squares overflow, squares underflow; the inputs stay normal floats
+    std::vector<float> scaled(x);
+    for (float& v : scaled) v = std::ldexp(v, shift);
+    std::vector<std::uint8_t> record(layout.record_bytes);
+    quantizer.encode(scaled.data(), record.data());
+    EXPECT_TRUE(std::equal(record.begin(), record.begin() + layout.norm_offset, reference.begin())) << shift;
+    EXPECT_TRUE(std::equal(record.begin() + layout.residual_norm_offset, record.end(),
+                           reference.begin() + layout.residual_norm_offset)) << shift;
+    const float norm = detail::load_f32(reference.data() + layout.norm_offset);
+    EXPECT_EQ(detail::load_f32(record.data() + layout.norm_offset), std::ldexp(norm, shift)) << shift;
+  }
+}
+
 TEST(VectorQuantizer, RecordHoldsTheNormResidualNormAndResidualSigns) {
   // Recomputes the record's fields in double from the codes it holds.
   const VectorQuantizer quantizer(128, 3, 32, 6, 0);

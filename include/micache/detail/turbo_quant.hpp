@@ -290,18 +290,41 @@ MICACHE_HOST_DEVICE inline std::uint32_t bucket(float t, const float* boundaries
   return code;
 }
 
+/// e such that |v| = m * 2^e with m in [0.5, 1), for finite nonzero v.
+MICACHE_HOST_DEVICE inline int binary_exponent(float v) {
+  int exponent = 0;
+#if defined(__CUDA_ARCH__)
+  frexpf(v, &exponent);
+#else
+  std::frexp(v, &exponent);
+#endif
+  return exponent;
+}
+
+/// v * 2^shift, exact whenever the result is a normal float; two factors so
+/// that shifts up to +-250 need no factor outside the float range.
+MICACHE_HOST_DEVICE inline float scale_by_power_of_two(float v, int shift) {
+  const int half = shift / 2;
+#if defined(__CUDA_ARCH__)
+  return mul_rn(mul_rn(v, ldexpf(1.0f, half)), ldexpf(1.0f, shift - half));
+#else
+  return mul_rn(mul_rn(v, std::ldexp(1.0f, half)), std::ldexp(1.0f, shift - half));
+#endif
+}
+
 /// Encodes x (`layout.dim` floats) into `record` (`layout.record_bytes` bytes,
 /// fully written).
 ///
-/// - norm = sqrt(tree_sum(x_i^2)) over the p zero-padded values;
+/// - norm = sqrt(tree_sum(x_i^2)) over the p zero-padded values (summed on x * 2^shift, then scaled back);
 /// - y = rotate(x); t_i = y_i * (sqrt(p) / norm) (about N(0,1)); code_i = bucket(t_i);
 /// - residual r_i = y_i * (1 / norm) - centroids[code_i] * (1 / sqrt(p)) (unit-scale
 ///   rotated space), residual_norm = sqrt(tree_sum(r_i^2));
 /// - sign bit j = tree_sum(S_ji * r_i) >= 0, S_j row j of `projection_matrix`
 ///   (m x p, row-major; may be null when m == 0).
-/// A zero vector (or one whose squared norm underflows) gets every code equal to
-/// bucket(0), norm 0, residual norm 0 and no sign bits. Preconditions: x finite
-/// with ||x||^2 finite in f32; `centroids` has 2^bits entries and `boundaries`
+/// A zero vector gets every code equal to bucket(0), norm 0, residual norm 0 and
+/// no sign bits. Any finite x encodes: the sums run on x scaled by a power of two
+/// (see below); only the stored norm saturates to infinity when ||x|| exceeds
+/// FLT_MAX. Preconditions: x finite; `centroids` has 2^bits entries and `boundaries`
 /// 2^bits - 1; `signs` 2p bits; `scratch` 2p floats. O(p log p + m p).
 MICACHE_HOST_DEVICE inline void encode_record(const float* x, const RecordLayout& layout, const std::uint32_t* signs,
                                               const float* centroids, const float* boundaries,
@@ -313,19 +336,33 @@ MICACHE_HOST_DEVICE inline void encode_record(const float* x, const RecordLayout
   for (std::uint32_t b = 0; b < layout.record_bytes; ++b) {
     record[b] = 0;
   }
-  for (std::uint32_t i = 0; i < p; ++i) {
-    work[i] = i < layout.dim ? mul_rn(x[i], x[i]) : 0.0f;
+  // Work on x * 2^shift, max |x_i| scaled into [1, 2): the scaling is exact
+  // and every step below is scale-equivariant, so codes, residuals and sign
+  // bits are those of x itself, while ||x||^2 and the rotation's sums can
+  // neither overflow (|x_i| near FLT_MAX) nor underflow (subnormal x).
+  float largest = 0.0f;
+  for (std::uint32_t i = 0; i < layout.dim; ++i) {
+    const float magnitude = x[i] < 0.0f ? -x[i] : x[i];
+    largest = magnitude > largest ? magnitude : largest;
   }
-  const float norm = sqrt_rn(tree_sum(work, p));
-  store_f32(record + layout.norm_offset, norm);
-  if (norm == 0.0f) {
+  if (largest == 0.0f) {
     const std::uint32_t zero_code = bucket(0.0f, boundaries, levels);
     for (std::uint32_t i = 0; i < p; ++i) {
       pack_code(record, i, layout.bits, zero_code);
     }
     return;
   }
-  rotate(x, layout.dim, y, signs, p);
+  const int shift = 1 - binary_exponent(largest);
+  for (std::uint32_t i = 0; i < p; ++i) {
+    work[i] = i < layout.dim ? scale_by_power_of_two(x[i], shift) : 0.0f;
+  }
+  rotate(work, layout.dim, y, signs, p);
+  for (std::uint32_t i = 0; i < p; ++i) {
+    const float scaled = i < layout.dim ? scale_by_power_of_two(x[i], shift) : 0.0f;
+    work[i] = mul_rn(scaled, scaled);
+  }
+  const float norm = sqrt_rn(tree_sum(work, p));  // of x * 2^shift
+  store_f32(record + layout.norm_offset, scale_by_power_of_two(norm, -shift));
   const float t_scale = div_rn(sqrt_power_of_two(p), norm);
   const float inv_norm = div_rn(1.0f, norm);
   const float inv_sqrt_p = inv_sqrt_power_of_two(p);
