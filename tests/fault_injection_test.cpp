@@ -1,0 +1,149 @@
+// Out-of-memory at every allocation: each mutating operation of every cache
+// runs with the backend failing its 1st, 2nd, ... allocation until the
+// operation needs no more. Every failure must throw OutOfMemory, leave the
+// cache equal to its prior state, and leak nothing (the backend's bytes in
+// use return to their prior value); queries must leak nothing either.
+#include <functional>
+
+#include "test_support.hpp"
+
+namespace micache::testing {
+namespace {
+
+// Runs `operation` on fresh copies of a cache made by `make` with allocation
+// n = 1, 2, ... failing, until it succeeds; `state` renders a cache for
+// comparison (called with injection disarmed). Returns the failures seen.
+template <class Cache>
+std::size_t sweep(Device device, const std::function<Cache()>& make, const std::function<void(Cache&)>& operation,
+                  const std::function<std::vector<float>(const Cache&)>& state) {
+  Backend& backend = backend_for(device);
+  for (std::size_t n = 1; n < 200; ++n) {
+    Cache cache = make();
+    const std::vector<float> before = state(cache);
+    const std::size_t in_use = backend.memory_stats().in_use;
+    backend.fail_allocation_after(n);
+    try {
+      operation(cache);
+      backend.fail_allocation_after(0);
+      return n - 1;
+    } catch (const Error& e) {
+      backend.fail_allocation_after(0);
+      EXPECT_EQ(e.code(), ErrorCode::OutOfMemory) << "allocation " << n << ": " << e.what();
+      EXPECT_EQ(backend.memory_stats().in_use, in_use) << "leak after failing allocation " << n;
+      expect_same_bits(state(cache), before);
+    }
+  }
+  ADD_FAILURE() << "the operation still failed after 199 injected failures";
+  return 0;
+}
+
+class FaultInjection : public ::testing::TestWithParam<Device> {
+ protected:
+  Tensor tokens(std::size_t count, float base) const {
+    return Tensor::from_host(random_values(2 * count * 8, static_cast<std::uint32_t>(base * 7), base, base + 1.0f),
+                             {1, 2, count, 8}, DType::BF16, GetParam());
+  }
+
+  // Three layers holding 16 tokens in a full ring, after a trim and a wrap: start != 0.
+  KVCache kv_cache() const {
+    KVCache cache(3);
+    for (std::size_t l = 0; l < 3; ++l) cache.append(l, tokens(16, 1.0f), tokens(16, 2.0f));
+    cache.trim_to(10);
+    for (std::size_t l = 0; l < 3; ++l) cache.append(l, tokens(6, 3.0f), tokens(6, 4.0f));
+    return cache;
+  }
+
+  static std::vector<float> kv_state(const KVCache& cache) {
+    std::vector<float> out{static_cast<float>(cache.seq_len()), static_cast<float>(cache.capacity()),
+                           static_cast<float>(cache.memory_reserved())};
+    for (std::size_t l = 0; l < cache.n_layers(); ++l) {
+      for (const Tensor& t : {cache.keys(l), cache.values(l)}) {
+        const std::vector<float> values = t.to_host_f32();
+        out.insert(out.end(), values.begin(), values.end());
+      }
+      for (std::size_t p : cache.positions(l)) out.push_back(static_cast<float>(p));
+    }
+    return out;
+  }
+
+  CompressedHeads compressed() const {
+    CompressedHeads heads(2, {.head_dim = 16, .bits = 4, .projections = 8, .seed = 3}, GetParam());
+    heads.push(Tensor::from_host(random_values(2 * 16 * 16, 1, -1.0f, 1.0f), {2, 16, 16}, DType::F32, GetParam()),
+               Tensor::from_host(random_values(2 * 16 * 16, 2, -1.0f, 1.0f), {2, 16, 16}, DType::F32, GetParam()));
+    return heads;
+  }
+
+  static std::vector<float> compressed_state(const CompressedHeads& heads) {
+    std::vector<float> out{static_cast<float>(heads.len()), static_cast<float>(heads.memory_reserved())};
+    for (const Tensor& t : {heads.decode_keys(), heads.decode_values()}) {
+      const std::vector<float> values = t.to_host_f32();
+      out.insert(out.end(), values.begin(), values.end());
+    }
+    return out;
+  }
+
+  std::size_t sweep_kv(const std::function<void(KVCache&)>& operation) const {
+    return sweep<KVCache>(GetParam(), [this] { return kv_cache(); }, operation, kv_state);
+  }
+
+  std::size_t sweep_compressed(const std::function<void(CompressedHeads&)>& operation) const {
+    return sweep<CompressedHeads>(GetParam(), [this] { return compressed(); }, operation, compressed_state);
+  }
+};
+
+TEST_P(FaultInjection, KVCacheAppendThatGrows) {
+  const Tensor k = tokens(1, 5.0f), v = tokens(1, 6.0f);
+  EXPECT_GE(sweep_kv([&](KVCache& c) { c.append(0, k, v); }), 2u);  // new key and value rings
+}
+
+TEST_P(FaultInjection, KVCacheSetLayer) {
+  const Tensor k = tokens(4, 5.0f), v = tokens(4, 6.0f);
+  EXPECT_GE(sweep_kv([&](KVCache& c) { c.set_layer(1, k, v); }), 2u);
+}
+
+TEST_P(FaultInjection, KVCacheReserveAndShrink) {
+  EXPECT_GE(sweep_kv([](KVCache& c) { c.reserve(64); }), 6u);  // two rings per layer
+  const auto trimmed = [this] {
+    KVCache cache = kv_cache();
+    cache.trim_to(5);
+    return cache;
+  };
+  EXPECT_GE(sweep<KVCache>(GetParam(), trimmed, [](KVCache& c) { c.shrink_to_fit(); }, kv_state), 6u);
+}
+
+TEST_P(FaultInjection, KVCacheEvictions) {
+  EXPECT_GE(sweep_kv([](KVCache& c) { c.evict_to_window(2, 3); }), 6u);
+  const Tensor scores = Tensor::from_host(random_values(16, 9), {16}, DType::F32, GetParam());
+  EXPECT_GE(sweep_kv([&](KVCache& c) { c.evict_heavy_hitters(scores, 4, 4); }), 11u);
+}
+
+TEST_P(FaultInjection, CompressedPushes) {
+  const Tensor k = Tensor::from_host(random_values(2 * 16, 3, -1.0f, 1.0f), {2, 16}, DType::F32, GetParam());
+  const Tensor v = Tensor::from_host(random_values(2 * 16, 4, -1.0f, 1.0f), {2, 16}, DType::F32, GetParam());
+  EXPECT_GE(sweep_compressed([&](CompressedHeads& h) { h.push(k, v); }), 2u);  // ring growth at 16 -> 32
+  const std::vector<std::vector<float>> host(2, std::vector<float>(16, 0.25f));
+  EXPECT_GE(sweep_compressed([&](CompressedHeads& h) { h.push_token(host, host); }), 4u);
+  EXPECT_GE(sweep_compressed([](CompressedHeads& h) { h.reserve(100); }), 2u);
+}
+
+TEST_P(FaultInjection, QueriesLeakNothing) {
+  AttentionCache attention;
+  attention.push(Tensor::from_host(random_softmax_rows(2 * 40, 40, 3), {1, 2, 40, 40}, DType::F32, GetParam()));
+  const auto none = [](const AttentionCache&) { return std::vector<float>{}; };
+  const auto make = [&] { return attention; };
+  EXPECT_GE(sweep<AttentionCache>(GetParam(), make, [](AttentionCache& a) { (void)a.top_attended_all(0, 40); }, none),
+            2u);
+  EXPECT_GE(sweep<AttentionCache>(GetParam(), make, [](AttentionCache& a) { (void)a.attention_received(0); }, none),
+            1u);
+  const CompressedHeads heads = compressed();
+  const Tensor queries = Tensor::from_host(random_values(2 * 16, 5, -1.0f, 1.0f), {2, 16}, DType::F32, GetParam());
+  const auto no_state = [](const CompressedHeads&) { return std::vector<float>{}; };
+  EXPECT_GE(sweep<CompressedHeads>(GetParam(), [&] { return heads; },
+                                   [&](CompressedHeads& h) { (void)h.attention_output(queries); }, no_state),
+            1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, FaultInjection, ::testing::ValuesIn(test_devices()), device_param_name);
+
+}  // namespace
+}  // namespace micache::testing
