@@ -32,7 +32,8 @@ Tensor pseudo_normal(std::vector<std::size_t> shape, std::size_t seed, Device de
   for (std::size_t i = 0; i < n; ++i) {
     // Sum of three uniforms, centred: bell-shaped, finite, cheap and deterministic.
     float sum = 0.0f;
-    for (std::size_t k = 0; k < 3; ++k) sum += static_cast<float>(((i * 3 + k + seed) * 2654435761u) % 10007) / 10007.0f;
+    for (std::size_t k = 0; k < 3; ++k)
+      sum += static_cast<float>(((i * 3 + k + seed) * 2654435761u) % 10007) / 10007.0f;
     values[i] = (sum - 1.5f) * 2.0f;
   }
   return Tensor::from_host(values, micache::Shape(shape), DType::F32, device);
@@ -41,7 +42,8 @@ Tensor pseudo_normal(std::vector<std::size_t> shape, std::size_t seed, Device de
 // A cache of kTokens tokens, filled by one prefill push.
 MultiHeadKvCache filled_cache(Device device) {
   MultiHeadKvCache cache(kHeads, kConfig, device);
-  cache.heads().push(pseudo_normal({kHeads, kTokens, kDim}, 1, device), pseudo_normal({kHeads, kTokens, kDim}, 2, device));
+  cache.heads().push(pseudo_normal({kHeads, kTokens, kDim}, 1, device),
+                     pseudo_normal({kHeads, kTokens, kDim}, 2, device));
   return cache;
 }
 
@@ -88,20 +90,25 @@ void attention_output(benchmark::State& state, Device device) {
 
 // The roof for scoring: a device copy of the key records' bytes.
 void key_bytes_copy_roof(benchmark::State& state, Device device) {
-  micache::bench::time_device_copy(state, device, kHeads * kTokens * micache::detail::make_record_layout(kDim, 4, 32).record_bytes);
+  micache::bench::time_device_copy(state, device,
+                                   kHeads * kTokens * micache::detail::make_record_layout(kDim, 4, 32).record_bytes);
 }
 
 const bool registered = [] {
   for (const Device device : micache::available_devices()) {
     const std::string at = "/" + device.to_string();
     benchmark::RegisterBenchmark(("compressed_encode_token_32_heads" + at).c_str(), encode_token, device)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
     benchmark::RegisterBenchmark(("compressed_score_32x4096/micache" + at).c_str(), score_all, device)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
     benchmark::RegisterBenchmark(("compressed_score_32x4096/copy_roof" + at).c_str(), key_bytes_copy_roof, device)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
     benchmark::RegisterBenchmark(("compressed_attention_output_32x4096" + at).c_str(), attention_output, device)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   }
   return true;
 }();

@@ -11,9 +11,12 @@ using detail::RecordLayout;
 
 float load_element(const void* data, DType dtype, std::size_t index) {
   switch (dtype) {
-    case DType::F16: return f16_to_f32(static_cast<const std::uint16_t*>(data)[index]);
-    case DType::BF16: return bf16_to_f32(static_cast<const std::uint16_t*>(data)[index]);
-    default: return static_cast<const float*>(data)[index];
+    case DType::F16:
+      return f16_to_f32(static_cast<const std::uint16_t*>(data)[index]);
+    case DType::BF16:
+      return bf16_to_f32(static_cast<const std::uint16_t*>(data)[index]);
+    default:
+      return static_cast<const float*>(data)[index];
   }
 }
 
@@ -42,7 +45,8 @@ PreparedQuery prepare(const RecordQuery& query, std::size_t q) {
     const float* matrix = keys.projections + head * layout.projections * layout.padded_dim;
     for (std::size_t j = 0; j < layout.projections; ++j) {
       float sum = 0.0f;
-      for (std::size_t i = 0; i < layout.padded_dim; ++i) sum += matrix[j * layout.padded_dim + i] * prepared.rotated[i];
+      for (std::size_t i = 0; i < layout.padded_dim; ++i)
+        sum += matrix[j * layout.padded_dim + i] * prepared.rotated[i];
       prepared.projected[j] = sum;
     }
   }
@@ -56,10 +60,10 @@ void score_head(const RecordQuery& query, std::size_t q, float* out) {
   const RecordLayout& layout = query.keys.layout;
   for (std::size_t t = 0; t < query.tokens; ++t) {
     const std::uint8_t* record = record_at(query.keys, head, t);
-    const float estimate =
-        query.qjl ? detail::estimate_qjl(record, layout, query.keys.centroids, prepared.rotated.data(),
-                                         prepared.projected.data())
-                  : detail::estimate_mse(record, layout, query.keys.centroids, prepared.rotated.data(), query.inv_alpha);
+    const float estimate = query.qjl ? detail::estimate_qjl(record, layout, query.keys.centroids,
+                                                            prepared.rotated.data(), prepared.projected.data())
+                                     : detail::estimate_mse(record, layout, query.keys.centroids,
+                                                            prepared.rotated.data(), query.inv_alpha);
     out[t] = estimate * query.scale;
   }
 }
@@ -118,7 +122,8 @@ void attend_records(const RecordQuery& query, const RecordRing& values, float* o
       const std::uint8_t* record = record_at(values, head, t);
       const float scaled = weight * detail::load_f32(record + layout.norm_offset);
       for (std::size_t i = 0; i < p; ++i) {
-        accumulator[i] += scaled * values.centroids[detail::unpack_code(record, static_cast<std::uint32_t>(i), layout.bits)];
+        accumulator[i] +=
+            scaled * values.centroids[detail::unpack_code(record, static_cast<std::uint32_t>(i), layout.bits)];
       }
     }
     const float finish = detail::inv_sqrt_power_of_two(layout.padded_dim) / total;

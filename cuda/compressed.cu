@@ -14,10 +14,12 @@ constexpr int kBlock = 128;
 
 __device__ float load_element(const void* data, DType dtype, std::size_t index) {
   switch (dtype) {
-    case DType::F16: return __half2float(__ushort_as_half(static_cast<const std::uint16_t*>(data)[index]));
+    case DType::F16:
+      return __half2float(__ushort_as_half(static_cast<const std::uint16_t*>(data)[index]));
     case DType::BF16:
       return __uint_as_float(static_cast<std::uint32_t>(static_cast<const std::uint16_t*>(data)[index]) << 16);
-    default: return static_cast<const float*>(data)[index];
+    default:
+      return static_cast<const float*>(data)[index];
   }
 }
 
@@ -27,8 +29,8 @@ __device__ std::uint8_t* record_at(const RecordRing& ring, std::size_t head, std
 
 // Memory access: grid-stride over the elements, one read each; the first
 // non-finite index wins through atomicMin on a 64-bit slot.
-__global__ void __launch_bounds__(kBlock) find_non_finite_kernel(const void* data, DType dtype, std::size_t count,
-                                                                 unsigned long long* first) {
+__global__ void __launch_bounds__(kBlock)
+    find_non_finite_kernel(const void* data, DType dtype, std::size_t count, unsigned long long* first) {
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * kBlock;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * kBlock + threadIdx.x; i < count; i += stride) {
     if (!isfinite(load_element(data, dtype, i))) atomicMin(first, static_cast<unsigned long long>(i));
@@ -40,8 +42,7 @@ __global__ void __launch_bounds__(kBlock) find_non_finite_kernel(const void* dat
 // resident) and writes its record once. The arithmetic is detail::encode_record,
 // the CPU's function, so the bytes written are the CPU's.
 __global__ void __launch_bounds__(kBlock) encode_kernel(const __grid_constant__ RecordEncode encode,
-                                                        std::size_t first_vector, std::size_t vectors,
-                                                        float* scratch) {
+                                                        std::size_t first_vector, std::size_t vectors, float* scratch) {
   const std::size_t local = static_cast<std::size_t>(blockIdx.x) * kBlock + threadIdx.x;
   if (local >= vectors) return;
   const RecordRing& ring = encode.ring;
@@ -86,7 +87,8 @@ __device__ void prepare_query(const RecordQuery& query, std::size_t q, const Sha
     const float* matrix = query.keys.projections + head * layout.projections * layout.padded_dim;
     for (std::uint32_t j = threadIdx.x; j < layout.projections; j += blockDim.x) {
       float sum = 0.0f;
-      for (std::uint32_t i = 0; i < layout.padded_dim; ++i) sum += matrix[j * layout.padded_dim + i] * shared.rotated[i];
+      for (std::uint32_t i = 0; i < layout.padded_dim; ++i)
+        sum += matrix[j * layout.padded_dim + i] * shared.rotated[i];
       shared.projected[j] = sum;
     }
   }
@@ -133,9 +135,9 @@ __device__ float block_reduce(float value, float* scratch, Op op) {
 // exp(score - max) in place; pass 3 reads every value record once, thread per
 // rotated coordinate, accumulating weight * norm * centroid in shared memory;
 // thread 0 rotates the result back once.
-__global__ void __launch_bounds__(kBlock) attend_kernel(const __grid_constant__ RecordQuery query,
-                                                        const __grid_constant__ RecordRing values, float* weights,
-                                                        float* out) {
+__global__ void __launch_bounds__(kBlock)
+    attend_kernel(const __grid_constant__ RecordQuery query, const __grid_constant__ RecordRing values, float* weights,
+                  float* out) {
   extern __shared__ float shared_memory[];
   const RecordLayout& layout = values.layout;
   const SharedQuery shared(shared_memory, query.keys.layout);
@@ -177,9 +179,9 @@ __global__ void __launch_bounds__(kBlock) attend_kernel(const __grid_constant__ 
 
 // Memory access: thread per record of this chunk: one read of the record,
 // p floats of its own scratch, `dim` floats written.
-__global__ void __launch_bounds__(kBlock) decode_kernel(const __grid_constant__ RecordRing ring, std::size_t tokens,
-                                                        std::size_t first_vector, std::size_t vectors, float* scratch,
-                                                        float* out) {
+__global__ void __launch_bounds__(kBlock)
+    decode_kernel(const __grid_constant__ RecordRing ring, std::size_t tokens, std::size_t first_vector,
+                  std::size_t vectors, float* scratch, float* out) {
   const std::size_t local = static_cast<std::size_t>(blockIdx.x) * kBlock + threadIdx.x;
   if (local >= vectors) return;
   const std::size_t vector = first_vector + local;
@@ -230,8 +232,7 @@ cudaError_t launch_attend_records(const RecordQuery& query, const RecordRing& va
                                   cudaStream_t stream) {
   if (query.query_heads == 0) return cudaSuccess;
   const RecordLayout& layout = query.keys.layout;
-  const std::size_t shared =
-      (layout.dim + 2 * layout.padded_dim + layout.projections + kBlock) * sizeof(float);
+  const std::size_t shared = (layout.dim + 2 * layout.padded_dim + layout.projections + kBlock) * sizeof(float);
   attend_kernel<<<static_cast<unsigned>(query.query_heads), kBlock, shared, stream>>>(query, values, weights, out);
   return cudaGetLastError();
 }

@@ -21,7 +21,7 @@ constexpr std::size_t kMinCapacity = 16;
 // A quantiser's codebook tables, concatenated per head, on the device.
 struct KindTables {
   detail::RecordLayout layout{};
-  Tensor signs;        // I32 [heads, sign_words]: the rotation sign bits, as words
+  Tensor signs;  // I32 [heads, sign_words]: the rotation sign bits, as words
   std::size_t sign_words = 0;
   Tensor centroids;    // F32 [2^bits]
   Tensor boundaries;   // F32 [2^bits - 1]
@@ -29,7 +29,8 @@ struct KindTables {
   float inv_alpha = 1.0f;
 
   std::size_t bytes() const noexcept {
-    return signs.nbytes() + centroids.nbytes() + boundaries.nbytes() + (projections.defined() ? projections.nbytes() : 0);
+    return signs.nbytes() + centroids.nbytes() + boundaries.nbytes() +
+           (projections.defined() ? projections.nbytes() : 0);
   }
 };
 
@@ -49,14 +50,14 @@ KindTables make_tables(std::size_t heads, const KvCacheConfig& config, unsigned 
       tables.inv_alpha = quantizer.inv_alpha();
       tables.centroids = Tensor::from_host(quantizer.codebook().centroids, {quantizer.codebook().centroids.size()},
                                            DType::F32, device);
-      tables.boundaries = Tensor::from_host(quantizer.codebook().boundaries,
-                                            {quantizer.codebook().boundaries.size()}, DType::F32, device);
+      tables.boundaries = Tensor::from_host(quantizer.codebook().boundaries, {quantizer.codebook().boundaries.size()},
+                                            DType::F32, device);
     }
   }
   tables.signs = Tensor::from_host_i32(signs, {heads, tables.sign_words}, device);
   if (keys) {
-    tables.projections = Tensor::from_host(projections, {heads, config.projections, tables.layout.padded_dim},
-                                           DType::F32, device);
+    tables.projections =
+        Tensor::from_host(projections, {heads, config.projections, tables.layout.padded_dim}, DType::F32, device);
   }
   return tables;
 }
@@ -118,34 +119,31 @@ CompressedHeads::CompressedHeads(std::size_t num_heads, const KvCacheConfig& con
   backend_for(device);  // fails early for an unusable device
   auto tables = std::make_shared<Tables>();
   tables->keys = make_tables(num_heads, config, config.bits, true, device);
-  tables->values = make_tables(num_heads, config, config.value_bits != 0 ? config.value_bits : config.bits, false, device);
+  tables->values =
+      make_tables(num_heads, config, config.value_bits != 0 ? config.value_bits : config.bits, false, device);
   tables_ = std::move(tables);
 }
 
 RecordRing CompressedHeads::key_ring() const { return ring_of(tables_->keys, key_records_, num_heads_, start_); }
-RecordRing CompressedHeads::value_ring() const {
-  return ring_of(tables_->values, value_records_, num_heads_, start_);
-}
+RecordRing CompressedHeads::value_ring() const { return ring_of(tables_->values, value_records_, num_heads_, start_); }
 
-void CompressedHeads::validate_host_vectors(const std::vector<std::vector<float>>& vectors,
-                                            std::size_t expected_count, const char* what, const char* per_vector,
-                                            std::size_t first_head) const {
+void CompressedHeads::validate_host_vectors(const std::vector<std::vector<float>>& vectors, std::size_t expected_count,
+                                            const char* what, const char* per_vector, std::size_t first_head) const {
   if (vectors.size() != expected_count) {
     throw Error(ErrorCode::DimensionMismatch,
                 mismatch_message(expected_count, vectors.size(), fmt::format("{}: one vector per head", what)));
   }
   for (std::size_t h = 0; h < vectors.size(); ++h) {
     if (vectors[h].size() != config_.head_dim) {
-      throw Error(ErrorCode::DimensionMismatch,
-                  mismatch_message(config_.head_dim, vectors[h].size(), fmt::format("{} {}", per_vector, first_head + h)));
+      throw Error(ErrorCode::DimensionMismatch, mismatch_message(config_.head_dim, vectors[h].size(),
+                                                                 fmt::format("{} {}", per_vector, first_head + h)));
     }
   }
   for (std::size_t h = 0; h < vectors.size(); ++h) {
     const auto bad = std::find_if(vectors[h].begin(), vectors[h].end(), [](float v) { return !std::isfinite(v); });
     if (bad != vectors[h].end()) {
-      throw Error(ErrorCode::NonFiniteInput,
-                  non_finite_message(static_cast<std::size_t>(bad - vectors[h].begin()),
-                                     fmt::format("{} {}", per_vector, first_head + h)));
+      throw Error(ErrorCode::NonFiniteInput, non_finite_message(static_cast<std::size_t>(bad - vectors[h].begin()),
+                                                                fmt::format("{} {}", per_vector, first_head + h)));
     }
   }
 }
@@ -166,13 +164,12 @@ void CompressedHeads::push_token(const std::vector<std::vector<float>>& keys,
 
 void CompressedHeads::push(const Tensor& keys, const Tensor& values) {
   Backend& backend = backend_for(device_);
-  std::size_t tokens = 0;
   for (const auto& [tensor, what] : {std::pair{&keys, "keys"}, std::pair{&values, "values"}}) {
     check_float_tensor(*tensor, device_, what);
-    const bool rank_ok = tensor->rank() == 2 || tensor->rank() == 3;
-    if (!rank_ok) {
-      throw Error(ErrorCode::Shape, fmt::format("{} must be [num_heads, head_dim] or [num_heads, tokens, head_dim], got {}",
-                                                what, tensor->shape().to_string()));
+    if (tensor->rank() != 2 && tensor->rank() != 3) {
+      throw Error(ErrorCode::Shape,
+                  fmt::format("{} must be [num_heads, head_dim] or [num_heads, tokens, head_dim], got {}", what,
+                              tensor->shape().to_string()));
     }
     const std::size_t heads = tensor->dim(0);
     const std::size_t dim = tensor->dim(tensor->rank() - 1);
@@ -180,22 +177,23 @@ void CompressedHeads::push(const Tensor& keys, const Tensor& values) {
       throw Error(ErrorCode::DimensionMismatch, mismatch_message(num_heads_, heads, fmt::format("{}: heads", what)));
     }
     if (dim != config_.head_dim) {
-      throw Error(ErrorCode::DimensionMismatch, mismatch_message(config_.head_dim, dim, fmt::format("{}: head_dim", what)));
+      throw Error(ErrorCode::DimensionMismatch,
+                  mismatch_message(config_.head_dim, dim, fmt::format("{}: head_dim", what)));
     }
   }
   if (keys.shape() != values.shape()) {
     throw Error(ErrorCode::Shape, fmt::format("keys {} and values {} differ in shape", keys.shape().to_string(),
                                               values.shape().to_string()));
   }
-  tokens = keys.rank() == 3 ? keys.dim(1) : 1;
+  const std::size_t tokens = keys.rank() == 3 ? keys.dim(1) : 1;
   for (const auto& [tensor, what] : {std::pair{&keys, "keys"}, std::pair{&values, "values"}}) {
     const std::size_t bad = backend.find_non_finite(tensor->data(), tensor->dtype(), tensor->numel(), {});
     if (bad != tensor->numel()) {
       const std::size_t per_head = tokens * config_.head_dim;
-      throw Error(ErrorCode::NonFiniteInput,
-                  non_finite_message(bad % config_.head_dim,
-                                     fmt::format("{} of head {}, token {}", what, bad / per_head,
-                                                 (bad % per_head) / config_.head_dim)));
+      throw Error(
+          ErrorCode::NonFiniteInput,
+          non_finite_message(bad % config_.head_dim, fmt::format("{} of head {}, token {}", what, bad / per_head,
+                                                                 (bad % per_head) / config_.head_dim)));
     }
   }
   append_encoded(keys, values, tokens);
@@ -313,7 +311,6 @@ Tensor CompressedHeads::attention_output(const Tensor& queries, std::size_t grou
   return out;
 }
 
-
 std::vector<std::vector<float>> CompressedHeads::attention_scores(const std::vector<std::vector<float>>& queries,
                                                                   std::size_t group_size) const {
   validate_host_vectors(queries, num_heads_ * group_size, "queries", "query of head");
@@ -383,7 +380,8 @@ std::size_t CompressedHeads::memory_usage() const noexcept {
 }
 
 std::size_t CompressedHeads::memory_reserved() const noexcept {
-  return (key_records_.defined() ? key_records_.nbytes() : 0) + (value_records_.defined() ? value_records_.nbytes() : 0);
+  return (key_records_.defined() ? key_records_.nbytes() : 0) +
+         (value_records_.defined() ? value_records_.nbytes() : 0);
 }
 
 std::size_t CompressedHeads::table_bytes() const noexcept { return tables_->keys.bytes() + tables_->values.bytes(); }

@@ -134,8 +134,9 @@ TEST_P(CompressedKvCacheTest, GqaCreation) {
 }
 
 TEST_P(CompressedKvCacheTest, GqaRejectsNonDivisible) {
-  expect_error([&] { GqaKvCache(3, 8, sample_config(), GetParam()); }, ErrorCode::DimensionMismatch,
-               "dimension mismatch: quantizer expects 3, got 2 (num_query_heads 8 is not a multiple of num_kv_heads 3)");
+  expect_error(
+      [&] { GqaKvCache(3, 8, sample_config(), GetParam()); }, ErrorCode::DimensionMismatch,
+      "dimension mismatch: quantizer expects 3, got 2 (num_query_heads 8 is not a multiple of num_kv_heads 3)");
 }
 
 TEST_P(CompressedKvCacheTest, GqaQueryHeadsOfOneGroupReadTheSameKvHead) {
@@ -151,7 +152,8 @@ TEST_P(CompressedKvCacheTest, GqaQueryHeadsOfOneGroupReadTheSameKvHead) {
 }
 
 TEST_P(CompressedKvCacheTest, GqaLlama3Shorthand) {
-  const GqaKvCache cache = GqaKvCache::llama3_8b({.head_dim = 128, .bits = 4, .projections = 32, .seed = 1}, GetParam());
+  const GqaKvCache cache =
+      GqaKvCache::llama3_8b({.head_dim = 128, .bits = 4, .projections = 32, .seed = 1}, GetParam());
   EXPECT_EQ(cache.num_kv_heads(), 8u);
   EXPECT_EQ(cache.num_query_heads(), 32u);
   EXPECT_EQ(cache.group_size(), 4u);
@@ -334,10 +336,12 @@ TEST_P(CompressedKvCacheTest, NonFiniteDeviceTensorNamesHeadTokenAndIndex) {
   std::vector<float> keys(2 * 3 * 8, 0.5f);
   keys[(1 * 3 + 2) * 8 + 4] = kNaN;  // head 1, token 2, element 4
   const std::vector<float> values(2 * 3 * 8, 0.5f);
-  expect_error([&] {
-    cache.heads().push(Tensor::from_host(keys, {2, 3, 8}, DType::BF16, GetParam()),
-                       Tensor::from_host(values, {2, 3, 8}, DType::BF16, GetParam()));
-  }, ErrorCode::NonFiniteInput, "input contains non-finite values (NaN or Inf) at index 4 (keys of head 1, token 2)");
+  expect_error(
+      [&] {
+        cache.heads().push(Tensor::from_host(keys, {2, 3, 8}, DType::BF16, GetParam()),
+                           Tensor::from_host(values, {2, 3, 8}, DType::BF16, GetParam()));
+      },
+      ErrorCode::NonFiniteInput, "input contains non-finite values (NaN or Inf) at index 4 (keys of head 1, token 2)");
   EXPECT_TRUE(cache.is_empty());
 }
 
@@ -348,8 +352,8 @@ TEST_P(CompressedKvCacheTest, ScoresAfterRingWrapAroundEqualAFreshCacheOfTheSame
   Gaussian gaussian(12);
   std::vector<std::pair<std::vector<std::vector<float>>, std::vector<std::vector<float>>>> tokens;
   for (int t = 0; t < 24; ++t) tokens.emplace_back(gaussian_heads(gaussian, 2, 16), gaussian_heads(gaussian, 2, 16));
-  for (int t = 0; t < 16; ++t) wrapped.push_token(tokens[t].first, tokens[t].second);  // capacity 16, full
-  wrapped.heads().keep_last(8);                                                        // start at slot 8
+  for (int t = 0; t < 16; ++t) wrapped.push_token(tokens[t].first, tokens[t].second);   // capacity 16, full
+  wrapped.heads().keep_last(8);                                                         // start at slot 8
   for (int t = 16; t < 24; ++t) wrapped.push_token(tokens[t].first, tokens[t].second);  // wraps into slots 0..7
   for (int t = 8; t < 24; ++t) fresh.push_token(tokens[t].first, tokens[t].second);
   EXPECT_EQ(wrapped.heads().memory_reserved(), 2u * 16 * (20 + 12));
@@ -390,17 +394,17 @@ TEST_P(CompressedKvCacheTest, FourBitRecordsHoldAt128DimsAtMost80Bytes) {
 // values take the same bytes and stop at 0.9945, the key error alone).
 
 struct Fidelity {
-  double score_pearson = 0.0;        // scores * sqrt(d) against exact q.k, over every head and token
-  double mean_output_cosine = 0.0;   // attention output against exact softmax attention, mean over heads
+  double score_pearson = 0.0;       // scores * sqrt(d) against exact q.k, over every head and token
+  double mean_output_cosine = 0.0;  // attention output against exact softmax attention, mean over heads
   double min_output_cosine = 1.0;
-  double mean_key_cosine = 0.0;      // decoded key against the key, mean over every vector
+  double mean_key_cosine = 0.0;  // decoded key against the key, mean over every vector
   double mean_value_cosine = 0.0;
 };
 
 Fidelity measure_fidelity(Device device, unsigned bits, unsigned value_bits) {
   constexpr std::size_t kHeads = 32, kTokens = 512, kDim = 128;
-  MultiHeadKvCache cache(kHeads, {.head_dim = kDim, .bits = bits, .projections = 32, .seed = 2026,
-                                  .value_bits = value_bits}, device);
+  MultiHeadKvCache cache(
+      kHeads, {.head_dim = kDim, .bits = bits, .projections = 32, .seed = 2026, .value_bits = value_bits}, device);
   Gaussian gaussian(100 + bits);
   std::vector<std::vector<std::vector<float>>> keys(kTokens), values(kTokens);
   cache.heads().reserve(kTokens);

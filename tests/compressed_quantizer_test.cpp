@@ -149,9 +149,9 @@ TEST(KvCacheConfig, BitsNineToSixteenAreBitpolarsButNotOurs) {
   for (unsigned bits = 9; bits <= 16; ++bits) {
     KvCacheConfig config = valid_config();
     config.bits = bits;
-    expect_error([&] { config.validate(); }, ErrorCode::InvalidBitWidth,
-                 "bit width " + std::to_string(bits) +
-                     " is valid in bitpolar but micache packs at most 8 bits per coordinate");
+    expect_error(
+        [&] { config.validate(); }, ErrorCode::InvalidBitWidth,
+        "bit width " + std::to_string(bits) + " is valid in bitpolar but micache packs at most 8 bits per coordinate");
   }
 }
 
@@ -511,7 +511,8 @@ TEST(VectorQuantizer, HugeAndTinyVectorsEncodeLikeTheirScaledCopies) {
     quantizer.encode(scaled.data(), record.data());
     EXPECT_TRUE(std::equal(record.begin(), record.begin() + layout.norm_offset, reference.begin())) << shift;
     EXPECT_TRUE(std::equal(record.begin() + layout.residual_norm_offset, record.end(),
-                           reference.begin() + layout.residual_norm_offset)) << shift;
+                           reference.begin() + layout.residual_norm_offset))
+        << shift;
     const float norm = detail::load_f32(reference.data() + layout.norm_offset);
     EXPECT_EQ(detail::load_f32(record.data() + layout.norm_offset), std::ldexp(norm, shift)) << shift;
   }
@@ -579,9 +580,9 @@ TEST(VectorQuantizer, DecodeErrorIsTheCodebookDistortion) {
 /// values are decoded; the attention output softmax(q.K / sqrt(d)) . V is
 /// compared with the exact one.
 struct Fidelity {
-  double mean_cosine = 0.0;     // of the attention output, mean over heads
-  double min_cosine = 1.0;      // worst head
-  double score_pearson = 0.0;   // estimate_mse against <q, k>, all 16384 pairs
+  double mean_cosine = 0.0;    // of the attention output, mean over heads
+  double min_cosine = 1.0;     // worst head
+  double score_pearson = 0.0;  // estimate_mse against <q, k>, all 16384 pairs
 };
 
 Fidelity attention_fidelity(std::uint32_t key_bits, std::uint32_t value_bits) {

@@ -83,11 +83,13 @@ class FaultInjection : public ::testing::TestWithParam<Device> {
   }
 
   std::size_t sweep_kv(const std::function<void(KVCache&)>& operation) const {
-    return sweep<KVCache>(GetParam(), [this] { return kv_cache(); }, operation, kv_state);
+    return sweep<KVCache>(
+        GetParam(), [this] { return kv_cache(); }, operation, kv_state);
   }
 
   std::size_t sweep_compressed(const std::function<void(CompressedHeads&)>& operation) const {
-    return sweep<CompressedHeads>(GetParam(), [this] { return compressed(); }, operation, compressed_state);
+    return sweep<CompressedHeads>(
+        GetParam(), [this] { return compressed(); }, operation, compressed_state);
   }
 };
 
@@ -108,7 +110,9 @@ TEST_P(FaultInjection, KVCacheReserveAndShrink) {
     cache.trim_to(5);
     return cache;
   };
-  EXPECT_GE(sweep<KVCache>(GetParam(), trimmed, [](KVCache& c) { c.shrink_to_fit(); }, kv_state), 6u);
+  EXPECT_GE(sweep<KVCache>(
+                GetParam(), trimmed, [](KVCache& c) { c.shrink_to_fit(); }, kv_state),
+            6u);
 }
 
 TEST_P(FaultInjection, KVCacheEvictions) {
@@ -131,16 +135,19 @@ TEST_P(FaultInjection, QueriesLeakNothing) {
   attention.push(Tensor::from_host(random_softmax_rows(2 * 40, 40, 3), {1, 2, 40, 40}, DType::F32, GetParam()));
   const auto none = [](const AttentionCache&) { return std::vector<float>{}; };
   const auto make = [&] { return attention; };
-  EXPECT_GE(sweep<AttentionCache>(GetParam(), make, [](AttentionCache& a) { (void)a.top_attended_all(0, 40); }, none),
+  EXPECT_GE(sweep<AttentionCache>(
+                GetParam(), make, [](AttentionCache& a) { (void)a.top_attended_all(0, 40); }, none),
             2u);
-  EXPECT_GE(sweep<AttentionCache>(GetParam(), make, [](AttentionCache& a) { (void)a.attention_received(0); }, none),
+  EXPECT_GE(sweep<AttentionCache>(
+                GetParam(), make, [](AttentionCache& a) { (void)a.attention_received(0); }, none),
             1u);
   const CompressedHeads heads = compressed();
   const Tensor queries = Tensor::from_host(random_values(2 * 16, 5, -1.0f, 1.0f), {2, 16}, DType::F32, GetParam());
   const auto no_state = [](const CompressedHeads&) { return std::vector<float>{}; };
-  EXPECT_GE(sweep<CompressedHeads>(GetParam(), [&] { return heads; },
-                                   [&](CompressedHeads& h) { (void)h.attention_output(queries); }, no_state),
-            1u);
+  EXPECT_GE(
+      sweep<CompressedHeads>(
+          GetParam(), [&] { return heads; }, [&](CompressedHeads& h) { (void)h.attention_output(queries); }, no_state),
+      1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, FaultInjection, ::testing::ValuesIn(test_devices()), device_param_name);

@@ -48,6 +48,7 @@ class GqaKvCache : public CompressedCacheBase {
   std::optional<KvHeadView> kv_head(std::size_t index) const {
     return index < num_kv_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;
   }
+
  private:
   std::size_t group_size_;
 };

@@ -41,7 +41,8 @@ class KvHeadView {
 class KvCacheCompressor : public CompressedCacheBase {
  public:
   /// Errors: the config's (KvCacheConfig::validate).
-  explicit KvCacheCompressor(const KvCacheConfig& config, Device device = Device::cpu()) : CompressedCacheBase(1, config, device) {}
+  explicit KvCacheCompressor(const KvCacheConfig& config, Device device = Device::cpu())
+      : CompressedCacheBase(1, config, device) {}
 
   /// Appends one key and one value (head_dim floats each). Both are checked
   /// before either is stored. Errors: DimensionMismatch, NonFiniteInput.

@@ -25,11 +25,11 @@ enum class ScoreEstimator {
 /// Unlike bitpolar, `bits` is the width of every rotated coordinate's code (a
 /// scalar Lloyd-Max quantiser), not of a polar angle.
 struct KvCacheConfig {
-  std::size_t head_dim = 0;         ///< key/value vector length
-  unsigned bits = 4;                ///< bits per rotated coordinate for keys (1..8)
-  std::size_t projections = 0;      ///< QJL sign bits per key
-  std::uint64_t seed = 0;           ///< seed of every rotation and projection matrix
-  unsigned value_bits = 0;          ///< bits per rotated coordinate for values (1..8); 0 = same as `bits`
+  std::size_t head_dim = 0;     ///< key/value vector length
+  unsigned bits = 4;            ///< bits per rotated coordinate for keys (1..8)
+  std::size_t projections = 0;  ///< QJL sign bits per key
+  std::uint64_t seed = 0;       ///< seed of every rotation and projection matrix
+  unsigned value_bits = 0;      ///< bits per rotated coordinate for values (1..8); 0 = same as `bits`
   ScoreEstimator estimator = ScoreEstimator::Mse;  ///< how scores are computed from key records
 
   /// Checks the settings in bitpolar's order, with bitpolar's messages:

@@ -93,7 +93,7 @@ class SphereMarginal {
   double sqrt_p_;
   double theta_max_ = 0.0;
   double step_ = 0.0;
-  std::vector<Moments> prefix_;     // prefix_[k]: moments of grid cells [0, k)
+  std::vector<Moments> prefix_;    // prefix_[k]: moments of grid cells [0, k)
   std::vector<double> companded_;  // prefix sums of density^(1/3) dt
 };
 

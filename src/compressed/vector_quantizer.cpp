@@ -35,8 +35,7 @@ std::vector<std::uint32_t> make_rotation_signs(std::uint32_t p, std::uint64_t se
   return words;
 }
 
-std::vector<float> make_projection_matrix(std::uint32_t m, std::uint32_t p, std::uint64_t seed,
-                                          std::uint64_t stream) {
+std::vector<float> make_projection_matrix(std::uint32_t m, std::uint32_t p, std::uint64_t seed, std::uint64_t stream) {
   constexpr double kTwoPi = 6.28318530717958647692;
   std::vector<float> matrix(static_cast<std::size_t>(m) * p);  // p is even: whole Box-Muller pairs
   for (std::size_t k = 0; k < matrix.size() / 2; ++k) {
@@ -50,8 +49,8 @@ std::vector<float> make_projection_matrix(std::uint32_t m, std::uint32_t p, std:
 
 }  // namespace
 
-VectorQuantizer::VectorQuantizer(std::uint32_t dim, std::uint32_t bits, std::uint32_t projections,
-                                 std::uint64_t seed, std::uint64_t stream)
+VectorQuantizer::VectorQuantizer(std::uint32_t dim, std::uint32_t bits, std::uint32_t projections, std::uint64_t seed,
+                                 std::uint64_t stream)
     : layout_(make_record_layout(dim, bits, projections)),
       codebook_(&lloyd_max_codebook(layout_.padded_dim, bits)),
       rotation_signs_(make_rotation_signs(layout_.padded_dim, seed, stream)),
