@@ -9,17 +9,6 @@ namespace {
 
 using detail::RecordLayout;
 
-float load_element(const void* data, DType dtype, std::size_t index) {
-  switch (dtype) {
-    case DType::F16:
-      return f16_to_f32(static_cast<const std::uint16_t*>(data)[index]);
-    case DType::BF16:
-      return bf16_to_f32(static_cast<const std::uint16_t*>(data)[index]);
-    default:
-      return static_cast<const float*>(data)[index];
-  }
-}
-
 const std::uint8_t* record_at(const RecordRing& ring, std::size_t head, std::size_t token) {
   return ring.records + (head * ring.capacity + (ring.start + token) % ring.capacity) * ring.layout.record_bytes;
 }
@@ -37,7 +26,7 @@ PreparedQuery prepare(const RecordQuery& query, std::size_t q) {
   const RecordLayout& layout = keys.layout;
   const std::size_t head = q / query.group_size;
   std::vector<float> x(layout.dim);
-  for (std::size_t i = 0; i < layout.dim; ++i) x[i] = load_element(query.queries, query.dtype, q * layout.dim + i);
+  for (std::size_t i = 0; i < layout.dim; ++i) x[i] = load_as_f32(query.queries, query.dtype, q * layout.dim + i);
   PreparedQuery prepared{std::vector<float>(layout.padded_dim), {}};
   detail::rotate(x.data(), layout.dim, prepared.rotated.data(), signs_of(keys, head), layout.padded_dim);
   if (query.qjl) {
@@ -72,7 +61,7 @@ void score_head(const RecordQuery& query, std::size_t q, float* out) {
 
 std::size_t find_non_finite(const void* data, DType dtype, std::size_t count) {
   for (std::size_t i = 0; i < count; ++i) {
-    if (!std::isfinite(load_element(data, dtype, i))) return i;
+    if (!std::isfinite(load_as_f32(data, dtype, i))) return i;
   }
   return count;
 }
@@ -89,7 +78,7 @@ void encode_records(const RecordEncode& encode) {
         layout.projections > 0 ? ring.projections + h * layout.projections * layout.padded_dim : nullptr;
     for (std::size_t t = 0; t < encode.tokens; ++t) {
       const std::size_t base = h * encode.head_stride + t * encode.token_stride;
-      for (std::size_t i = 0; i < layout.dim; ++i) x[i] = load_element(encode.input, encode.dtype, base + i);
+      for (std::size_t i = 0; i < layout.dim; ++i) x[i] = load_as_f32(encode.input, encode.dtype, base + i);
       auto* record = const_cast<std::uint8_t*>(record_at(ring, h, encode.first + t));
       detail::encode_record(x.data(), layout, signs_of(ring, h), ring.centroids, ring.boundaries, projections,
                             scratch.data(), record);

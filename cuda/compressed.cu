@@ -12,17 +12,6 @@ using detail::RecordLayout;
 
 constexpr int kBlock = 128;
 
-__device__ float load_element(const void* data, DType dtype, std::size_t index) {
-  switch (dtype) {
-    case DType::F16:
-      return __half2float(__ushort_as_half(static_cast<const std::uint16_t*>(data)[index]));
-    case DType::BF16:
-      return __uint_as_float(static_cast<std::uint32_t>(static_cast<const std::uint16_t*>(data)[index]) << 16);
-    default:
-      return static_cast<const float*>(data)[index];
-  }
-}
-
 __device__ std::uint8_t* record_at(const RecordRing& ring, std::size_t head, std::size_t token) {
   return ring.records + (head * ring.capacity + (ring.start + token) % ring.capacity) * ring.layout.record_bytes;
 }
@@ -33,7 +22,7 @@ __global__ void __launch_bounds__(kBlock)
     find_non_finite_kernel(const void* data, DType dtype, std::size_t count, unsigned long long* first) {
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * kBlock;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * kBlock + threadIdx.x; i < count; i += stride) {
-    if (!isfinite(load_element(data, dtype, i))) atomicMin(first, static_cast<unsigned long long>(i));
+    if (!isfinite(load_as_f32(data, dtype, i))) atomicMin(first, static_cast<unsigned long long>(i));
   }
 }
 
@@ -52,7 +41,7 @@ __global__ void __launch_bounds__(kBlock) encode_kernel(const __grid_constant__ 
   const std::size_t t = vector % encode.tokens;
   float* x = scratch + local * (layout.dim + 2 * layout.padded_dim);
   const std::size_t base = h * encode.head_stride + t * encode.token_stride;
-  for (std::uint32_t i = 0; i < layout.dim; ++i) x[i] = load_element(encode.input, encode.dtype, base + i);
+  for (std::uint32_t i = 0; i < layout.dim; ++i) x[i] = load_as_f32(encode.input, encode.dtype, base + i);
   const float* projections =
       layout.projections > 0 ? ring.projections + h * layout.projections * layout.padded_dim : nullptr;
   detail::encode_record(x, layout, ring.signs + h * ring.sign_words, ring.centroids, ring.boundaries, projections,
@@ -75,7 +64,7 @@ __device__ void prepare_query(const RecordQuery& query, std::size_t q, const Sha
   const RecordLayout& layout = query.keys.layout;
   const std::size_t head = q / query.group_size;
   for (std::uint32_t i = threadIdx.x; i < layout.dim; i += blockDim.x) {
-    shared.x[i] = load_element(query.queries, query.dtype, q * layout.dim + i);
+    shared.x[i] = load_as_f32(query.queries, query.dtype, q * layout.dim + i);
   }
   __syncthreads();
   if (threadIdx.x == 0) {

@@ -12,6 +12,7 @@
 #include "micache/registry.hpp"
 #include "src/compressed/host_rows.hpp"
 #include "src/compressed/vector_quantizer.hpp"
+#include "src/ring_copy.hpp"
 
 namespace micache {
 namespace {
@@ -203,18 +204,9 @@ void CompressedHeads::push(const Tensor& keys, const Tensor& values) {
 std::pair<Tensor, Tensor> CompressedHeads::resized_rings(std::size_t capacity) const {
   std::pair<Tensor, Tensor> next{Tensor::empty({num_heads_, capacity, key_record_bytes()}, DType::U8, device_),
                                  Tensor::empty({num_heads_, capacity, value_record_bytes()}, DType::U8, device_)};
-  for (const auto& [from, to] : {std::pair{&key_records_, &next.first}, std::pair{&value_records_, &next.second}}) {
-    if (length_ == 0) continue;
-    TokenCopy copy;
-    copy.src[0] = from->data();
-    copy.dst[0] = to->mutable_data();
-    copy.src_capacity = from->dim(1);
-    copy.src_start = start_;
-    copy.dst_capacity = capacity;
-    copy.planes = num_heads_;
-    copy.tokens = length_;
-    copy.token_bytes = from->dim(2);
-    backend_for(device_).copy_tokens(copy, {});
+  if (length_ != 0) {
+    detail::copy_ring(key_records_, next.first, {.src_start = start_, .tokens = length_});
+    detail::copy_ring(value_records_, next.second, {.src_start = start_, .tokens = length_});
   }
   return next;
 }
@@ -258,9 +250,13 @@ void CompressedHeads::reserve(std::size_t tokens) {
   start_ = 0;
 }
 
+void CompressedHeads::check_group_size(std::size_t group_size) {
+  if (group_size == 0) throw Error(ErrorCode::Config, "group_size must be > 0");
+}
+
 void CompressedHeads::validate_queries(const Tensor& queries, std::size_t group_size) const {
   check_float_tensor(queries, device_, "queries");
-  if (group_size == 0) throw Error(ErrorCode::Config, "group_size must be > 0");
+  check_group_size(group_size);
   if (queries.rank() != 2) {
     throw Error(ErrorCode::Shape,
                 fmt::format("queries must be [num_query_heads, head_dim], got {}", queries.shape().to_string()));
@@ -293,46 +289,56 @@ RecordQuery CompressedHeads::query_of(const Tensor& queries, std::size_t group_s
   return query;
 }
 
+// Scores of validated queries: F32 [query_heads, len].
+Tensor CompressedHeads::run_scores(const RecordQuery& query) const {
+  Tensor out = Tensor::empty({query.query_heads, length_}, DType::F32, device_);
+  if (length_ != 0) backend_for(device_).score_records(query, static_cast<float*>(out.mutable_data()), {});
+  return out;
+}
+
+// Attention outputs of validated queries: F32 [query_heads, head_dim].
+Tensor CompressedHeads::run_attention(const RecordQuery& query) const {
+  if (length_ == 0) throw Error(ErrorCode::EmptyInput, "empty input: attention over an empty cache");
+  Tensor out = Tensor::empty({query.query_heads, config_.head_dim}, DType::F32, device_);
+  backend_for(device_).attend_records(query, value_ring(), static_cast<float*>(out.mutable_data()), {});
+  return out;
+}
+
 Tensor CompressedHeads::scores(const Tensor& queries, std::size_t group_size) const {
   validate_queries(queries, group_size);
-  Tensor out = Tensor::empty({queries.dim(0), length_}, DType::F32, device_);
-  if (length_ != 0) {
-    backend_for(device_).score_records(query_of(queries, group_size), static_cast<float*>(out.mutable_data()), {});
-  }
-  return out;
+  return run_scores(query_of(queries, group_size));
 }
 
 Tensor CompressedHeads::attention_output(const Tensor& queries, std::size_t group_size) const {
   validate_queries(queries, group_size);
-  if (length_ == 0) throw Error(ErrorCode::EmptyInput, "empty input: attention over an empty cache");
-  Tensor out = Tensor::empty({queries.dim(0), config_.head_dim}, DType::F32, device_);
-  backend_for(device_).attend_records(query_of(queries, group_size), value_ring(),
-                                      static_cast<float*>(out.mutable_data()), {});
-  return out;
+  return run_attention(query_of(queries, group_size));
 }
 
+// The host forms validate on the host, so the uploaded queries skip the device finiteness check.
 std::vector<std::vector<float>> CompressedHeads::attention_scores(const std::vector<std::vector<float>>& queries,
                                                                   std::size_t group_size) const {
+  check_group_size(group_size);
   validate_host_vectors(queries, num_heads_ * group_size, "queries", "query of head");
-  return detail::host_rows(scores(upload(queries), group_size));
+  const Tensor uploaded = upload(queries);
+  return detail::host_rows(run_scores(query_of(uploaded, group_size)));
 }
 
 std::vector<std::vector<float>> CompressedHeads::attention_outputs(const std::vector<std::vector<float>>& queries,
                                                                    std::size_t group_size) const {
+  check_group_size(group_size);
   validate_host_vectors(queries, num_heads_ * group_size, "queries", "query of head");
-  return detail::host_rows(attention_output(upload(queries), group_size));
+  const Tensor uploaded = upload(queries);
+  return detail::host_rows(run_attention(query_of(uploaded, group_size)));
 }
 
 std::vector<float> CompressedHeads::head_scores(std::size_t head, const std::vector<float>& query) const {
   check_head(head);
   validate_host_vectors({query}, 1, "query", "query of head", head);
-  const Tensor queries = upload({query});
-  RecordQuery one = query_of(queries, 1);
+  const Tensor uploaded = upload({query});
+  RecordQuery one = query_of(uploaded, 1);
   one.keys = one_head(one.keys, head);
   one.query_heads = 1;
-  Tensor out = Tensor::empty({1, length_}, DType::F32, device_);
-  if (length_ != 0) backend_for(device_).score_records(one, static_cast<float*>(out.mutable_data()), {});
-  return out.to_host_f32();
+  return run_scores(one).to_host_f32();
 }
 
 Tensor CompressedHeads::decoded(const RecordRing& ring) const {

@@ -10,6 +10,7 @@
 #include "micache/backend.hpp"
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
+#include "src/ring_copy.hpp"
 
 namespace micache {
 namespace {
@@ -19,50 +20,15 @@ constexpr std::size_t kMinCapacity = 16;
 std::size_t planes_of(const Tensor& t) { return t.dim(0) * t.dim(1); }
 std::size_t token_bytes_of(const Tensor& t) { return t.dim(3) * dtype_size(t.dtype()); }
 
-// Which tokens a ring copy moves: `tokens` tokens from slot `src_start` of
-// the source (or, with `src_tokens`, the listed logical indices) to slots
-// from `dst_start` of the destination.
-struct RingCopy {
-  std::size_t src_start = 0;
-  std::size_t dst_start = 0;
-  std::size_t tokens = 0;
-  const std::int32_t* src_tokens = nullptr;
-};
-
-// Copies between rings of the same [batch, kv_heads, ·, head_dim] geometry:
-// `count` buffer pairs in one backend launch.
-void copy_rings(const Tensor* const* src, Tensor* const* dst, std::size_t count, const RingCopy& what) {
-  TokenCopy copy;
-  copy.buffers = count;
-  for (std::size_t b = 0; b < count; ++b) {
-    copy.src[b] = src[b]->data();
-    copy.dst[b] = dst[b]->mutable_data();
-  }
-  copy.src_capacity = src[0]->dim(2);
-  copy.src_start = what.src_start;
-  copy.dst_capacity = dst[0]->dim(2);
-  copy.dst_start = what.dst_start;
-  copy.planes = planes_of(*src[0]);
-  copy.tokens = what.tokens;
-  copy.token_bytes = token_bytes_of(*src[0]);
-  copy.src_tokens = what.src_tokens;
-  if (copy.tokens != 0 && copy.planes != 0) {
-    backend_for(dst[0]->device()).copy_tokens(copy, {});
-  }
-}
-
-void copy_ring(const Tensor& src, Tensor& dst, const RingCopy& what) {
-  const Tensor* source = &src;
-  Tensor* target = &dst;
-  copy_rings(&source, &target, 1, what);
-}
+using detail::copy_ring;
+using detail::RingCopy;
 
 // Keys and values together, one launch.
 void copy_kv(const Tensor& src_keys, const Tensor& src_values, Tensor& dst_keys, Tensor& dst_values,
              const RingCopy& what) {
   const Tensor* sources[] = {&src_keys, &src_values};
   Tensor* targets[] = {&dst_keys, &dst_values};
-  copy_rings(sources, targets, 2, what);
+  detail::copy_rings(sources, targets, 2, what);
 }
 
 // The first `count` positions of `runs`.
@@ -74,6 +40,26 @@ std::vector<Run> front_runs(const std::vector<Run>& runs, std::size_t count) {
     const std::size_t take = std::min(count, run.length);
     out.push_back({run.begin, take});
     count -= take;
+  }
+  return out;
+}
+
+// Appends positions [begin, begin + length) to `runs`, extending the last run when it ends at `begin`.
+template <class Run>
+void extend_runs(std::vector<Run>& runs, std::size_t begin, std::size_t length) {
+  if (!runs.empty() && runs.back().begin + runs.back().length == begin) {
+    runs.back().length += length;
+  } else {
+    runs.push_back({begin, length});
+  }
+}
+
+// Every position of `runs`, in order.
+template <class Run>
+std::vector<std::size_t> expand_runs(const std::vector<Run>& runs) {
+  std::vector<std::size_t> out;
+  for (const Run& run : runs) {
+    for (std::size_t i = 0; i < run.length; ++i) out.push_back(run.begin + i);
   }
   return out;
 }
@@ -225,11 +211,7 @@ void KVCache::append(std::size_t layer_index, const Tensor& new_keys, const Tens
   const std::size_t slot = (next.start + next.length) % next.capacity();
   copy_kv(new_keys, new_values, next.keys, next.values, {.dst_start = slot, .tokens = added});
   next.length = needed;
-  if (!next.runs.empty() && next.runs.back().begin + next.runs.back().length == next.next_position) {
-    next.runs.back().length += added;
-  } else {
-    next.runs.push_back({next.next_position, added});
-  }
+  extend_runs(next.runs, next.next_position, added);
   next.next_position += added;
   layer = std::move(next);
 }
@@ -395,19 +377,9 @@ std::vector<std::vector<std::int32_t>> KVCache::heavy_hitter_indices(const Tenso
 
 // The original positions of `layer`'s tokens at logical indices `kept` (ascending), as runs.
 std::vector<KVCache::Run> KVCache::runs_of(const Layer& layer, const std::vector<std::int32_t>& kept) {
-  std::vector<std::size_t> original;
-  for (const Run& run : layer.runs) {
-    for (std::size_t i = 0; i < run.length; ++i) original.push_back(run.begin + i);
-  }
+  const std::vector<std::size_t> original = expand_runs(layer.runs);
   std::vector<Run> runs;
-  for (const std::int32_t index : kept) {
-    const std::size_t position = original[static_cast<std::size_t>(index)];
-    if (!runs.empty() && runs.back().begin + runs.back().length == position) {
-      ++runs.back().length;
-    } else {
-      runs.push_back({position, 1});
-    }
-  }
+  for (const std::int32_t index : kept) extend_runs(runs, original[static_cast<std::size_t>(index)], 1);
   return runs;
 }
 
@@ -463,13 +435,7 @@ std::size_t KVCache::first_position(std::size_t layer) const {
 }
 
 std::vector<std::size_t> KVCache::positions(std::size_t layer) const {
-  const Layer& l = layer_or_throw(layer);
-  std::vector<std::size_t> out;
-  out.reserve(l.length);
-  for (const Run& run : l.runs) {
-    for (std::size_t i = 0; i < run.length; ++i) out.push_back(run.begin + i);
-  }
-  return out;
+  return expand_runs(layer_or_throw(layer).runs);
 }
 
 }  // namespace micache

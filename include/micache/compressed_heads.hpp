@@ -122,7 +122,10 @@ class CompressedHeads {
   void validate_host_vectors(const std::vector<std::vector<float>>& vectors, std::size_t expected_count,
                              const char* what, const char* per_vector, std::size_t first_head = 0) const;
   Tensor upload(const std::vector<std::vector<float>>& vectors) const;
+  static void check_group_size(std::size_t group_size);
   void validate_queries(const Tensor& queries, std::size_t group_size) const;
+  Tensor run_scores(const RecordQuery& query) const;
+  Tensor run_attention(const RecordQuery& query) const;
   std::size_t capacity() const noexcept;
   std::pair<Tensor, Tensor> resized_rings(std::size_t capacity) const;
   const CompressedHeads& check_head(std::size_t head) const;
