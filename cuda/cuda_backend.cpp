@@ -110,20 +110,17 @@ class CudaBackend final : public Backend {
     }
     std::size_t temp_bytes = 0;
     check(sort_top_k_temp_bytes(view, temp_bytes), "top_k sort (temp size)");
-    void* temp = allocate(temp_bytes, stream);
-    const cudaError_t status = sort_top_k(view, k, indices, weights, temp, temp_bytes, native(stream));
-    deallocate(temp, temp_bytes, stream);
-    check(status, "top_k sort");
+    with_scratch<void>(temp_bytes, stream, "top_k sort", [&](void* temp) {
+      return sort_top_k(view, k, indices, weights, temp, temp_bytes, native(stream));
+    });
   }
 
   void head_mean_column_sums(const HeadMeanView& view, float* out, Stream stream) override {
     const DeviceScope scope(index_);
     const std::size_t chunks = column_sum_chunks(view);
     const std::size_t partial_bytes = chunks > 1 ? chunks * view.n_cols * sizeof(float) : 0;
-    auto* partial = static_cast<float*>(allocate(partial_bytes, stream));
-    const cudaError_t status = launch_column_sums(view, partial, out, native(stream));
-    deallocate(partial, partial_bytes, stream);
-    check(status, "column sums kernel");
+    with_scratch<float>(partial_bytes, stream, "column sums kernel",
+                        [&](float* partial) { return launch_column_sums(view, partial, out, native(stream)); });
   }
 
   std::size_t find_non_finite(const void* data, DType dtype, std::size_t count, Stream stream) override {
@@ -132,7 +129,9 @@ class CudaBackend final : public Backend {
     auto* slot = static_cast<unsigned long long*>(allocate(sizeof first, stream));
     cudaError_t status = cudaMemcpyAsync(slot, &first, sizeof first, cudaMemcpyHostToDevice, native(stream));
     if (status == cudaSuccess) status = launch_find_non_finite(data, dtype, count, slot, native(stream));
-    if (status == cudaSuccess) status = cudaMemcpyAsync(&first, slot, sizeof first, cudaMemcpyDeviceToHost, native(stream));
+    if (status == cudaSuccess) {
+      status = cudaMemcpyAsync(&first, slot, sizeof first, cudaMemcpyDeviceToHost, native(stream));
+    }
     if (status == cudaSuccess) status = cudaStreamSynchronize(native(stream));
     deallocate(slot, sizeof first, stream);
     check(status, "find_non_finite kernel");
@@ -141,11 +140,8 @@ class CudaBackend final : public Backend {
 
   void encode_records(const RecordEncode& encode, Stream stream) override {
     const DeviceScope scope(index_);
-    const std::size_t bytes = encode_scratch_floats(encode) * sizeof(float);
-    auto* scratch = static_cast<float*>(allocate(bytes, stream));
-    const cudaError_t status = launch_encode_records(encode, scratch, native(stream));
-    deallocate(scratch, bytes, stream);
-    check(status, "encode_records kernel");
+    with_scratch<float>(encode_scratch_floats(encode) * sizeof(float), stream, "encode_records kernel",
+                        [&](float* scratch) { return launch_encode_records(encode, scratch, native(stream)); });
   }
 
   void score_records(const RecordQuery& query, float* scores, Stream stream) override {
@@ -155,20 +151,16 @@ class CudaBackend final : public Backend {
 
   void attend_records(const RecordQuery& query, const RecordRing& values, float* out, Stream stream) override {
     const DeviceScope scope(index_);
-    const std::size_t bytes = query.query_heads * query.tokens * sizeof(float);
-    auto* weights = static_cast<float*>(allocate(bytes, stream));
-    const cudaError_t status = launch_attend_records(query, values, weights, out, native(stream));
-    deallocate(weights, bytes, stream);
-    check(status, "attend_records kernel");
+    with_scratch<float>(
+        query.query_heads * query.tokens * sizeof(float), stream, "attend_records kernel",
+        [&](float* weights) { return launch_attend_records(query, values, weights, out, native(stream)); });
   }
 
   void decode_records(const RecordRing& ring, std::size_t tokens, float* out, Stream stream) override {
     const DeviceScope scope(index_);
-    const std::size_t bytes = decode_scratch_floats(ring, tokens) * sizeof(float);
-    auto* scratch = static_cast<float*>(allocate(bytes, stream));
-    const cudaError_t status = launch_decode_records(ring, tokens, scratch, out, native(stream));
-    deallocate(scratch, bytes, stream);
-    check(status, "decode_records kernel");
+    with_scratch<float>(
+        decode_scratch_floats(ring, tokens) * sizeof(float), stream, "decode_records kernel",
+        [&](float* scratch) { return launch_decode_records(ring, tokens, scratch, out, native(stream)); });
   }
 
   void copy_tokens(const TokenCopy& copy, Stream stream) override {
@@ -180,8 +172,7 @@ class CudaBackend final : public Backend {
   void* do_allocate(std::size_t bytes, Stream stream) override {
     const DeviceScope scope(index_);
     void* ptr = nullptr;
-    const cudaError_t status =
-        use_pool_ ? cudaMallocAsync(&ptr, bytes, native(stream)) : cudaMalloc(&ptr, bytes);
+    const cudaError_t status = use_pool_ ? cudaMallocAsync(&ptr, bytes, native(stream)) : cudaMalloc(&ptr, bytes);
     if (status == cudaErrorMemoryAllocation) {
       cudaGetLastError();
       return nullptr;
@@ -214,6 +205,16 @@ class CudaBackend final : public Backend {
   }
 
  private:
+  // Runs `launch(scratch)` with `bytes` of stream-ordered scratch (null when
+  // 0), frees it, then raises the launch's error under `what`.
+  template <class T, class Launch>
+  void with_scratch(std::size_t bytes, Stream stream, const char* what, Launch launch) {
+    T* scratch = static_cast<T*>(allocate(bytes, stream));
+    const cudaError_t status = launch(scratch);
+    deallocate(scratch, bytes, stream);
+    check(status, what);
+  }
+
   int index_;
   bool use_pool_ = false;
   cudaMemPool_t pool_ = nullptr;
@@ -226,8 +227,8 @@ int device_count(std::string& reason) noexcept {
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) {
     cudaGetLastError();
-    reason = fmt::format("no usable CUDA driver or device ({}: {})", cudaGetErrorName(status),
-                         cudaGetErrorString(status));
+    reason =
+        fmt::format("no usable CUDA driver or device ({}: {})", cudaGetErrorName(status), cudaGetErrorString(status));
     return 0;
   }
   if (count == 0) {
