@@ -365,6 +365,43 @@ Tensor CompressedHeads::decode_values(std::size_t head) const {
   return check_head(head).decoded(one_head(value_ring(), head)).select(0);
 }
 
+std::pair<Tensor, Tensor> CompressedHeads::records() const {
+  if (length_ == 0) {
+    return {Tensor::empty({num_heads_, 0, key_record_bytes()}, DType::U8, device_),
+            Tensor::empty({num_heads_, 0, value_record_bytes()}, DType::U8, device_)};
+  }
+  return resized_rings(length_);
+}
+
+void CompressedHeads::assign_records(const Tensor& key_records, const Tensor& value_records) {
+  for (const auto& [tensor, what, bytes] : {std::tuple{&key_records, "key_records", key_record_bytes()},
+                                            std::tuple{&value_records, "value_records", value_record_bytes()}}) {
+    if (tensor->dtype() != DType::U8 || !(tensor->device() == device_)) {
+      throw Error(ErrorCode::Config, fmt::format("{}: u8 on {} expected, got {} on {}", what, device_.to_string(),
+                                                 dtype_name(tensor->dtype()), tensor->device().to_string()));
+    }
+    if (tensor->rank() != 3 || tensor->dim(0) != num_heads_ || tensor->dim(2) != bytes) {
+      throw Error(ErrorCode::Shape, fmt::format("{}: [{}, tokens, {}] expected, got {}", what, num_heads_, bytes,
+                                                tensor->shape().to_string()));
+    }
+  }
+  if (key_records.dim(1) != value_records.dim(1)) {
+    throw Error(ErrorCode::Shape, fmt::format("{} key records and {} value records", key_records.dim(1),
+                                              value_records.dim(1)));
+  }
+  const std::size_t tokens = key_records.dim(1);
+  if (tokens == 0) {
+    clear();
+    return;
+  }
+  Tensor keys = key_records.to(device_);
+  Tensor values = value_records.to(device_);
+  key_records_ = std::move(keys);
+  value_records_ = std::move(values);
+  start_ = 0;
+  length_ = tokens;
+}
+
 void CompressedHeads::keep_last(std::size_t window) noexcept {
   if (length_ <= window) return;
   start_ = (start_ + length_ - window) % capacity();

@@ -42,7 +42,7 @@ std::vector<std::vector<float>> KvHeadView::decode_values() const {
 
 GqaKvCache::GqaKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, const KvCacheConfig& config,
                        Device device)
-    : CompressedCacheBase(validated_kv_heads(num_kv_heads, num_query_heads), config, device),
+    : CompressedCacheBase(validated_kv_heads(num_kv_heads, num_query_heads), config, device, "GqaKvCache"),
       group_size_(num_query_heads / num_kv_heads) {}
 
 SlidingWindowKvCache::SlidingWindowKvCache(std::size_t num_kv_heads, std::size_t num_query_heads,

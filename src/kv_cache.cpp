@@ -438,4 +438,26 @@ std::vector<std::size_t> KVCache::positions(std::size_t layer) const {
   return expand_runs(layer_or_throw(layer).runs);
 }
 
+// Gives a populated layer the original `positions` of its tokens (strictly
+// increasing, one per token, all below `next_position`), as a saved file holds them.
+void KVCache::restore_positions(std::size_t layer_index, const std::vector<std::size_t>& positions,
+                                std::size_t next_position) {
+  Layer& layer = layer_or_throw(layer_index);
+  if (positions.size() != layer.length) {
+    throw Error(ErrorCode::Shape, fmt::format("layer {}: {} positions for {} tokens", layer_index, positions.size(),
+                                              layer.length));
+  }
+  std::vector<Run> runs;
+  for (std::size_t i = 0; i < positions.size(); ++i) {
+    if ((i != 0 && positions[i] <= positions[i - 1]) || positions[i] >= next_position) {
+      throw Error(ErrorCode::Shape,
+                  fmt::format("layer {}: positions must increase and stay below the next position {}; entry {} is {}",
+                              layer_index, next_position, i, positions[i]));
+    }
+    extend_runs(runs, positions[i], 1);
+  }
+  layer.runs = std::move(runs);
+  layer.next_position = next_position;
+}
+
 }  // namespace micache

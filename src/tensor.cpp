@@ -93,6 +93,16 @@ Tensor Tensor::from_host_i32(std::span<const std::int32_t> values, Shape shape, 
                         [&](void* dst) { std::memcpy(dst, values.data(), values.size_bytes()); });
 }
 
+Tensor Tensor::from_host_bytes(std::span<const std::byte> bytes, Shape shape, DType dtype, Device device) {
+  if (bytes.size() != shape.numel() * dtype_size(dtype)) {
+    throw Error(ErrorCode::Shape, fmt::format("from_host_bytes: {} bytes do not fill shape {} of {} ({} bytes)",
+                                              bytes.size(), shape.to_string(), dtype_name(dtype),
+                                              shape.numel() * dtype_size(dtype)));
+  }
+  return make_from_host(std::move(shape), dtype, device,
+                        [&](void* dst) { std::memcpy(dst, bytes.data(), bytes.size()); });
+}
+
 Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   Backend& backend = backend_for(device);
   const std::size_t bytes = shape.numel() * dtype_size(dtype);
@@ -203,6 +213,18 @@ std::vector<std::int32_t> Tensor::to_host_i32() const {
     throw Error(ErrorCode::Config, fmt::format("to_host_i32 of a {} tensor", dtype_name(dtype_)));
   }
   std::vector<std::int32_t> out(numel());
+  if (out.empty()) return out;
+  if (storage_->device.is_cpu()) {
+    std::memcpy(out.data(), data(), nbytes());
+  } else {
+    backend_for(storage_->device).copy_device_to_host(out.data(), data(), nbytes(), {});
+  }
+  return out;
+}
+
+std::vector<std::byte> Tensor::to_host_bytes() const {
+  require_defined();
+  std::vector<std::byte> out(nbytes());
   if (out.empty()) return out;
   if (storage_->device.is_cpu()) {
     std::memcpy(out.data(), data(), nbytes());

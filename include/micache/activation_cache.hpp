@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "micache/tensor.hpp"
@@ -31,6 +32,16 @@ class ActivationCache {
 
   std::size_t n_layers() const noexcept { return activations_.size(); }
   bool is_empty() const noexcept { return activations_.empty(); }
+
+  /// Writes every layer to the safetensors file `path`: tensor
+  /// `blocks.{i}.hook_resid_post` (any shape, stored dtype), metadata `micache.cache` =
+  /// `ActivationCache`. Error: Io (an earlier file at `path` is left as it was).
+  void save(const std::string& path) const;
+
+  /// Reads `blocks.0.hook_resid_post`, `blocks.1...`, up to the first missing
+  /// index, from a file written by `save` or by Python, onto `device`. Errors:
+  /// Io (malformed file, no layer, a file saved by another cache), and those of `push`.
+  static ActivationCache load(const std::string& path, Device device = Device::cpu());
   const std::vector<Tensor>& activations() const noexcept { return activations_; }
 
   /// Every layer flattened and converted to f32 on the host: one copy per layer.

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -55,6 +56,19 @@ class AttentionCache {
 
   /// All patterns, layer order.
   const std::vector<Tensor>& patterns() const noexcept { return patterns_; }
+
+  /// Writes every layer to the safetensors file `path`: tensor
+  /// `blocks.{i}.attn.hook_pattern` (TransformerLens's name and layout, `[batch,
+  /// heads, seq_q, seq_k]`, in the stored dtype), metadata `micache.cache` =
+  /// `AttentionCache`. Layers on a device are copied to the host one by one.
+  /// Error: Io (an earlier file at `path` is left as it was).
+  void save(const std::string& path) const;
+
+  /// Reads `blocks.0.attn.hook_pattern`, `blocks.1...`, up to the first missing
+  /// index, from a file written by `save` or by Python (other tensors are
+  /// ignored) onto `device`. Errors: Io (malformed file, no layer, a file saved
+  /// by another cache, a dtype other than F32/F16/BF16), and those of `push`.
+  static AttentionCache load(const std::string& path, Device device = Device::cpu());
 
   /// How much query `position` attends to each key, averaged over heads: `[seq_k]`.
   /// Reads heads * seq_k elements. Errors: Hook for layer/position/batch/head.

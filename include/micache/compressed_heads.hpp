@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstddef>
+#include <map>
 #include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -99,6 +101,16 @@ class CompressedHeads {
   Tensor decode_keys(std::size_t head) const;
   Tensor decode_values(std::size_t head) const;
 
+  /// The records of the tokens held, oldest first: U8 `[num_heads, len(),
+  /// key_record_bytes()]` and `[num_heads, len(), value_record_bytes()]`, new
+  /// tensors on the cache's device (detail::RecordLayout gives the format).
+  std::pair<Tensor, Tensor> records() const;
+  /// Replaces every token with records as `records()` gives them (U8 on this
+  /// cache's device, the same token count in both). The bytes are taken as
+  /// they are: records written under another config decode to other numbers.
+  /// Errors: Shape (dims), Config (dtype, device), OutOfMemory; unchanged on error.
+  void assign_records(const Tensor& key_records, const Tensor& value_records);
+
   /// Keeps the last `window` tokens of every head (keys and values). O(1).
   void keep_last(std::size_t window) noexcept;
   /// Drops every token and releases the records (the tables stay).
@@ -157,15 +169,27 @@ class CompressedCacheBase {
   double compression_ratio() const noexcept { return heads_.compression_ratio(); }
   void clear() noexcept { heads_.clear(); }
 
+  /// Writes the records and config to the safetensors file `path`: tensors
+  /// `key_records` and `value_records` (U8, as CompressedHeads::records gives
+  /// them); metadata `micache.cache` (the class name), `micache.config` (the
+  /// KvCacheConfig as JSON), `micache.num_heads`, `micache.quantizer` (the
+  /// record format's version) and the class's own settings. Error: Io (an
+  /// earlier file at `path` is left as it was).
+  void save(const std::string& path) const;
   /// The store: device-tensor `push`, `scores`, `attention_output`, memory figures.
   CompressedHeads& heads() noexcept { return heads_; }
   const CompressedHeads& heads() const noexcept { return heads_; }
 
  protected:
-  CompressedCacheBase(std::size_t num_heads, const KvCacheConfig& config, Device device)
-      : heads_(num_heads, config, device) {}
+  /// `kind`: the class name written to files (a string literal).
+  CompressedCacheBase(std::size_t num_heads, const KvCacheConfig& config, Device device, const char* kind)
+      : heads_(num_heads, config, device), kind_(kind) {}
+
+  /// `save` under class name `kind`, with the class's `settings` added to the metadata.
+  void save_with(const std::string& path, const char* kind, const std::map<std::string, std::string>& settings) const;
 
   CompressedHeads heads_;
+  const char* kind_;
 };
 
 }  // namespace micache

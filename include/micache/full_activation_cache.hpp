@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "micache/tensor.hpp"
@@ -45,6 +46,16 @@ class FullActivationCache {
   /// Positions per layer. Error: Hook `cache is empty`.
   std::size_t seq_len() const;
   bool is_empty() const noexcept { return activations_.empty(); }
+
+  /// Writes every layer to the safetensors file `path`: tensor
+  /// `blocks.{i}.hook_resid_post` (`[seq_len, d_model]`, stored dtype), metadata `micache.cache` =
+  /// `FullActivationCache`. Error: Io (an earlier file at `path` is left as it was).
+  void save(const std::string& path) const;
+
+  /// Reads `blocks.0.hook_resid_post`, `blocks.1...`, up to the first missing
+  /// index, from a file written by `save` or by Python, onto `device`. Errors:
+  /// Io (malformed file, no layer, a file saved by another cache), and those of `push`.
+  static FullActivationCache load(const std::string& path, Device device = Device::cpu());
 
  private:
   std::vector<Tensor> activations_;

@@ -45,11 +45,16 @@ class GqaKvCache : public CompressedCacheBase {
   std::size_t num_kv_heads() const noexcept { return heads_.num_heads(); }
   std::size_t num_query_heads() const noexcept { return heads_.num_heads() * group_size_; }
   std::size_t group_size() const noexcept { return group_size_; }
+  /// Writes as CompressedCacheBase::save, plus metadata `micache.num_query_heads`.
+  void save(const std::string& path) const;
+  /// Reads a file written by `save` onto `device`. Errors: as KvCacheCompressor::load.
+  static GqaKvCache load(const std::string& path, Device device = Device::cpu());
   std::optional<KvHeadView> kv_head(std::size_t index) const {
     return index < num_kv_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;
   }
 
  private:
+  friend class SlidingWindowKvCache;  // saves through save_with
   std::size_t group_size_;
 };
 
@@ -81,6 +86,10 @@ class SlidingWindowKvCache {
     total_tokens_seen_ = 0;
   }
   const GqaKvCache& cache() const noexcept { return cache_; }
+  /// Writes as GqaKvCache::save, plus metadata `micache.window_size` and `micache.total_tokens_seen`.
+  void save(const std::string& path) const;
+  /// Reads a file written by `save` onto `device`. Errors: as KvCacheCompressor::load.
+  static SlidingWindowKvCache load(const std::string& path, Device device = Device::cpu());
 
  private:
   std::size_t window_size_;

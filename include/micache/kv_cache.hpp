@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "micache/tensor.hpp"
@@ -140,6 +141,23 @@ class KVCache {
   /// Error: Hook for layer out of range.
   std::vector<std::size_t> positions(std::size_t layer) const;
 
+  /// Writes the cache to the safetensors file `path`. Per populated layer i:
+  /// `blocks.{i}.attn.k_cache` and `blocks.{i}.attn.v_cache` (the dense `[batch,
+  /// kv_heads, seq_len, head_dim]` keys and values in the stored dtype; the
+  /// layout of Hugging Face's past_key_values) and `blocks.{i}.attn.positions`
+  /// (I64 `[seq_len]`, `positions(i)`). Metadata: `micache.cache` = `KVCache`,
+  /// `micache.n_layers`, `micache.next_positions` (a JSON array, the position
+  /// the next appended token of each layer gets). Spare capacity is not
+  /// written. Error: Io (an earlier file at `path` is left as it was).
+  void save(const std::string& path) const;
+
+  /// Reads a file written by `save`, or by Python with at least
+  /// `blocks.{i}.attn.k_cache` and `v_cache` for i = 0, 1, ... (positions then
+  /// default to 0..seq_len-1), onto `device`; capacity is exactly seq_len.
+  /// Errors: Io (malformed file, positions not increasing or not matching
+  /// seq_len, a file saved by another cache), and those of `set_layer`.
+  static KVCache load(const std::string& path, Device device = Device::cpu());
+
  private:
   // Kept tokens' original positions as runs of consecutive positions, oldest first.
   struct Run {
@@ -163,6 +181,7 @@ class KVCache {
   const Layer& layer_or_throw(std::size_t layer) const;
   const Layer* first_populated() const noexcept;
   void validate_geometry(const Tensor& keys, std::size_t layer) const;
+  void restore_positions(std::size_t layer, const std::vector<std::size_t>& positions, std::size_t next_position);
   std::size_t common_length(const char* operation) const;
   static Layer resized(const Layer& layer, std::size_t capacity);
   Tensor dense(const Layer& layer, const Tensor& ring) const;

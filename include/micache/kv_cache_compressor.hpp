@@ -42,7 +42,7 @@ class KvCacheCompressor : public CompressedCacheBase {
  public:
   /// Errors: the config's (KvCacheConfig::validate).
   explicit KvCacheCompressor(const KvCacheConfig& config, Device device = Device::cpu())
-      : CompressedCacheBase(1, config, device) {}
+      : CompressedCacheBase(1, config, device, "KvCacheCompressor") {}
 
   /// Appends one key and one value (head_dim floats each). Both are checked
   /// before either is stored. Errors: DimensionMismatch, NonFiniteInput.
@@ -58,6 +58,10 @@ class KvCacheCompressor : public CompressedCacheBase {
   std::vector<std::vector<float>> decode_values() const { return view().decode_values(); }
   /// Keeps the last `window` keys and values. O(1).
   void evict_outside_window(std::size_t window) noexcept { heads_.keep_last(window); }
+  /// Reads a file written by `save` (CompressedCacheBase::save) onto `device`.
+  /// Errors: Io (malformed file, a file of another class, a record format or
+  /// size that does not match the config).
+  static KvCacheCompressor load(const std::string& path, Device device = Device::cpu());
 
  private:
   KvHeadView view() const noexcept { return KvHeadView(heads_, 0); }

@@ -18,5 +18,6 @@
 #include "micache/kv_cache_config.hpp"
 #include "micache/multi_head_kv_cache.hpp"
 #include "micache/registry.hpp"
+#include "micache/safetensors.hpp"
 #include "micache/shape.hpp"
 #include "micache/tensor.hpp"

@@ -22,7 +22,7 @@ class MultiHeadKvCache : public CompressedCacheBase {
  public:
   /// Errors: EmptyInput (`empty input: num_heads must be > 0`), the config's.
   MultiHeadKvCache(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu())
-      : CompressedCacheBase(num_heads, config, device) {}
+      : CompressedCacheBase(num_heads, config, device, "MultiHeadKvCache") {}
 
   /// Appends one token: exactly num_heads keys and num_heads values of head_dim
   /// floats. Errors: DimensionMismatch{expected, actual} naming `keys` or
@@ -39,6 +39,8 @@ class MultiHeadKvCache : public CompressedCacheBase {
     return heads_.attention_outputs(queries);
   }
   std::size_t num_heads() const noexcept { return heads_.num_heads(); }
+  /// Reads a file written by `save` onto `device`. Errors: as KvCacheCompressor::load.
+  static MultiHeadKvCache load(const std::string& path, Device device = Device::cpu());
   /// Head `index`, or nothing when out of range.
   std::optional<KvHeadView> head(std::size_t index) const {
     return index < num_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;

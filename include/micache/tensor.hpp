@@ -44,6 +44,12 @@ class Tensor {
   static Tensor from_host_i32(std::span<const std::int32_t> values, Shape shape,
                               Device device = Device::cpu());
 
+  /// Copies raw element bytes (host byte order) to a new tensor of `shape` and
+  /// `dtype` on `device`; any dtype. Errors: Shape when `bytes.size()` is not
+  /// `shape.numel() * dtype_size(dtype)`; Backend / OutOfMemory from the device.
+  static Tensor from_host_bytes(std::span<const std::byte> bytes, Shape shape, DType dtype,
+                                Device device = Device::cpu());
+
   /// A new tensor whose contents are unspecified. O(1) besides the allocation.
   static Tensor empty(Shape shape, DType dtype, Device device = Device::cpu());
 
@@ -87,6 +93,9 @@ class Tensor {
 
   /// Copies an I32 tensor to the host. Error: Config for any other dtype.
   std::vector<std::int32_t> to_host_i32() const;
+
+  /// Copies the raw element bytes to the host (`nbytes()` bytes); any dtype.
+  std::vector<std::byte> to_host_bytes() const;
 
   /// Copies to `device` (a new tensor even when the device is the same).
   Tensor to(Device device) const;
