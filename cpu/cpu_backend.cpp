@@ -2,10 +2,26 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <string>
+#include <thread>
 
 #include "cpu/kernels.hpp"
 
 namespace micache {
+
+std::string CpuBackend::description() const {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string model = "unknown CPU";
+  for (std::string line; std::getline(cpuinfo, line);) {
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos) {
+      model = line.substr(line.find(':') + 2);
+      break;
+    }
+  }
+  return model + ", " + std::to_string(std::thread::hardware_concurrency()) + " hardware threads (kernels run on one)";
+}
+
 namespace {
 constexpr std::size_t kAlignment = 256;
 }

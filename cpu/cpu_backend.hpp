@@ -12,6 +12,7 @@ class CpuBackend final : public Backend {
  public:
   Device device() const noexcept override { return Device::cpu(); }
   const char* name() const noexcept override { return "cpu"; }
+  std::string description() const override;
 
   void copy_host_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) override;
   void copy_device_to_host(void* dst, const void* src, std::size_t bytes, Stream stream) override;

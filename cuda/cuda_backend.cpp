@@ -69,6 +69,13 @@ class CudaBackend final : public Backend {
   Device device() const noexcept override { return Device::cuda(index_); }
   const char* name() const noexcept override { return "cuda"; }
 
+  std::string description() const override {
+    cudaDeviceProp prop{};
+    check(cudaGetDeviceProperties(&prop, index_), "cudaGetDeviceProperties");
+    return fmt::format("{}, compute {}.{}, {} SMs, {:.1f} GiB", prop.name, prop.major, prop.minor,
+                       prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1u << 30));
+  }
+
   void copy_host_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) override {
     const DeviceScope scope(index_);
     check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, native(stream)), "copy host to device");

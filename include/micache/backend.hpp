@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "micache/compressed_records.hpp"
 #include "micache/device.hpp"
@@ -46,6 +47,9 @@ class Backend {
   virtual Device device() const noexcept = 0;
   /// "cpu" or "cuda".
   virtual const char* name() const noexcept = 0;
+  /// The hardware in words, for logs and benchmark reports: the CPU model and
+  /// thread count, or the GPU's name, compute capability, SM count and memory.
+  virtual std::string description() const = 0;
 
   // ---- memory ------------------------------------------------------------
 
