@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the test suite.
 #   scripts/test.sh            CPU-only build, then the CUDA build when nvcc is present
-#   scripts/test.sh cpu|cuda|asan
+#   scripts/test.sh cpu|cuda|asan|tsan
 # Installs missing Debian packages first. CUDA tests skip, saying why, without a GPU.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
