@@ -3,6 +3,10 @@
 #   scripts/test.sh            CPU-only build, then the CUDA build when nvcc is present
 #   scripts/test.sh cpu|cuda|asan|tsan
 # Installs missing Debian packages first. CUDA tests skip, saying why, without a GPU.
+# asan runs with ASAN_OPTIONS=allocator_may_return_null=1 (CMakePresets.json):
+# the out-of-memory test asks for 512 TiB and checks that micache reports
+# OutOfMemory; by default ASan would abort on the request itself.
+# tsan runs only the concurrency tests (the rest is single-threaded).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

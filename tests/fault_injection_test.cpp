@@ -150,6 +150,29 @@ TEST_P(FaultInjection, QueriesLeakNothing) {
       1u);
 }
 
+// A real out-of-memory, no injection: 2^44 tokens of 32 bytes per layer ring
+// (512 TiB) is beyond any device's and the host's address space.
+TEST_P(FaultInjection, ReservingBeyondTheDevicesMemoryFailsCleanlyAndTheCacheStaysUsable) {
+  KVCache cache = kv_cache();
+  const std::vector<float> before = kv_state(cache);
+  const std::size_t in_use = backend_for(GetParam()).memory_stats().in_use;
+  try {
+    cache.reserve(std::size_t{1} << 44);
+    FAIL() << "reserved 512 TiB";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::OutOfMemory) << e.what();
+  }
+  EXPECT_EQ(kv_state(cache), before);
+  EXPECT_EQ(backend_for(GetParam()).memory_stats().in_use, in_use);
+  cache.append(0, tokens(1, 7.0f), tokens(1, 8.0f));
+  EXPECT_EQ(cache.positions(0).back(), 22u);
+
+  CompressedHeads heads = compressed();
+  const std::vector<float> heads_before = compressed_state(heads);
+  EXPECT_THROW(heads.reserve(std::size_t{1} << 44), Error);
+  EXPECT_EQ(compressed_state(heads), heads_before);
+}
+
 INSTANTIATE_TEST_SUITE_P(Backends, FaultInjection, ::testing::ValuesIn(test_devices()), device_param_name);
 
 }  // namespace
