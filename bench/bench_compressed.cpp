@@ -4,9 +4,12 @@
 // record bytes as the bandwidth roof, in the same run.
 //
 // Geometry: 32 heads x 4096 tokens x head_dim 128, 4 bits, 32 projections
-// (76-byte key records, 68-byte value records: 9.0 MiB of keys).
+// (76-byte key records, 68-byte value records: 9.0 MiB of keys). Names are
+// op/impl/device/dtype:f32/heads:32/seq:S (bench_report.hpp), S the tokens
+// pushed (encode) or scored.
 #include <benchmark/benchmark.h>
 
+#include <string>
 #include <vector>
 
 #include "bench/bench_report.hpp"
@@ -14,11 +17,12 @@
 
 namespace {
 
-using micache::Backend;
 using micache::Device;
 using micache::DType;
 using micache::MultiHeadKvCache;
 using micache::Tensor;
+using micache::bench::report_bytes;
+using micache::bench::time_iteration;
 
 constexpr std::size_t kHeads = 32;
 constexpr std::size_t kTokens = 4096;
@@ -47,45 +51,43 @@ MultiHeadKvCache filled_cache(Device device) {
   return cache;
 }
 
-// One decode step: 32 heads' key and value, F32 on the device, encoded into records.
+// One decode step: 32 heads' key and value, F32 on the device, encoded into
+// records. Bytes: the 64 vectors read, their records written.
 void encode_token(benchmark::State& state, Device device) {
-  Backend& backend = micache::backend_for(device);
   MultiHeadKvCache cache(kHeads, kConfig, device);
   const Tensor keys = pseudo_normal({kHeads, kDim}, 3, device);
   const Tensor values = pseudo_normal({kHeads, kDim}, 4, device);
   cache.heads().reserve(1024);
   for (auto _ : state) {
     if (cache.len() == 1024) cache.heads().keep_last(0);
-    cache.heads().push(keys, values);
-    backend.synchronize({});
+    time_iteration(state, device, [&] { cache.heads().push(keys, values); });
   }
   state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(2 * kHeads));  // vectors encoded
+  report_bytes(state, 2 * kHeads * kDim * sizeof(float) +
+                          kHeads * (cache.heads().key_record_bytes() + cache.heads().value_record_bytes()));
 }
 
 // Scores of 32 query heads against 4096 keys each: 131,072 keys per call.
+// Bytes: the key records read, the scores written.
 void score_all(benchmark::State& state, Device device) {
-  Backend& backend = micache::backend_for(device);
   const MultiHeadKvCache cache = filled_cache(device);
   const Tensor queries = pseudo_normal({kHeads, kDim}, 5, device);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(cache.heads().scores(queries));
-    backend.synchronize({});
+    time_iteration(state, device, [&] { benchmark::DoNotOptimize(cache.heads().scores(queries)); });
   }
   state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kHeads * kTokens));  // keys scored
-  micache::bench::report_bytes(state, kHeads * kTokens * (cache.heads().key_record_bytes() + sizeof(float)));
+  report_bytes(state, kHeads * kTokens * (cache.heads().key_record_bytes() + sizeof(float)));
 }
 
-// softmax(scores) . V for 32 query heads over 4096 tokens.
+// softmax(scores) . V for 32 query heads over 4096 tokens. Bytes: the key and value records read.
 void attention_output(benchmark::State& state, Device device) {
-  Backend& backend = micache::backend_for(device);
   const MultiHeadKvCache cache = filled_cache(device);
   const Tensor queries = pseudo_normal({kHeads, kDim}, 6, device);
   for (auto _ : state) {
-    benchmark::DoNotOptimize(cache.heads().attention_output(queries));
-    backend.synchronize({});
+    time_iteration(state, device, [&] { benchmark::DoNotOptimize(cache.heads().attention_output(queries)); });
   }
   state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(kHeads * kTokens));  // tokens attended
-  micache::bench::report_bytes(state, cache.heads().memory_usage());
+  report_bytes(state, cache.heads().memory_usage());
 }
 
 // The roof for scoring: a device copy of the key records' bytes.
@@ -94,21 +96,19 @@ void key_bytes_copy_roof(benchmark::State& state, Device device) {
                                    kHeads * kTokens * micache::detail::make_record_layout(kDim, 4, 32).record_bytes);
 }
 
+std::string name(const char* op, const char* impl, Device device, std::size_t seq) {
+  return micache::bench::bench_name(op, impl, device, DType::F32, kHeads, seq);
+}
+
 const bool registered = [] {
   for (const Device device : micache::available_devices()) {
-    const std::string at = "/" + device.to_string();
-    benchmark::RegisterBenchmark(("compressed_encode_token_32_heads" + at).c_str(), encode_token, device)
-        ->Unit(benchmark::kMicrosecond)
-        ->UseRealTime();
-    benchmark::RegisterBenchmark(("compressed_score_32x4096/micache" + at).c_str(), score_all, device)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
-    benchmark::RegisterBenchmark(("compressed_score_32x4096/copy_roof" + at).c_str(), key_bytes_copy_roof, device)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
-    benchmark::RegisterBenchmark(("compressed_attention_output_32x4096" + at).c_str(), attention_output, device)
-        ->Unit(benchmark::kMillisecond)
-        ->UseRealTime();
+    const auto add = [&](const std::string& bench, void (*fn)(benchmark::State&, Device), benchmark::TimeUnit unit) {
+      benchmark::RegisterBenchmark(bench.c_str(), fn, device)->UseManualTime()->Unit(unit);
+    };
+    add(name("compressed_encode_token", "micache", device, 1), encode_token, benchmark::kMicrosecond);
+    add(name("compressed_score", "micache", device, kTokens), score_all, benchmark::kMillisecond);
+    add(name("compressed_score", "copy_roof", device, kTokens), key_bytes_copy_roof, benchmark::kMillisecond);
+    add(name("compressed_attention_output", "micache", device, kTokens), attention_output, benchmark::kMillisecond);
   }
   return true;
 }();

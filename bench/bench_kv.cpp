@@ -1,11 +1,16 @@
 // KVCache benchmarks on every available device, against candle-mi's way (a new
 // concatenated tensor per step; narrow then copy to really trim) and a plain
-// device copy of the same bytes, in the same run.
+// device copy of the same bytes, in the same run. scripts/bench_torch.py times
+// PyTorch's torch.cat and slicing on the same geometry.
 //
 // Geometry: 32 layers x [1, 8 kv heads, seq, 128] BF16 (4 KiB per token per
-// layer for keys and values, 128 KiB per token for the model).
+// layer for keys and values, 128 KiB per token for the model). Names are
+// op/impl/device/dtype:bf16/heads:8/seq:S (bench_report.hpp), S the tokens
+// held before the operation; "bytes" is the fewest bytes the operation must
+// move, the same for every impl of an op.
 #include <benchmark/benchmark.h>
 
+#include <string>
 #include <vector>
 
 #include "bench/bench_report.hpp"
@@ -18,11 +23,17 @@ using micache::Device;
 using micache::DType;
 using micache::KVCache;
 using micache::Tensor;
+using micache::bench::report_bytes;
+using micache::bench::time_iteration;
 
 constexpr std::size_t kLayers = 32;
 constexpr std::size_t kKvHeads = 8;
 constexpr std::size_t kHeadDim = 128;
 constexpr std::size_t kTokenBytes = kKvHeads * kHeadDim * 2;  // one of K or V, one layer
+constexpr std::size_t kDecodeContext = 1024;                  // tokens held when a decode step appends one
+constexpr std::size_t kPrefill = 2048;
+constexpr std::size_t kTrimFrom = 8192;
+constexpr std::size_t kTrimTo = 6144;
 
 Tensor random_tokens(std::size_t tokens, Device device) {
   std::vector<float> values(kKvHeads * tokens * kHeadDim);
@@ -30,28 +41,32 @@ Tensor random_tokens(std::size_t tokens, Device device) {
   return Tensor::from_host(values, {1, kKvHeads, tokens, kHeadDim}, DType::BF16, device);
 }
 
-// One decode step: append 1 token of K and V to each of the 32 layers.
+// One decode step at a context of 1024 tokens: append 1 token of K and V to each
+// of the 32 layers (ring buffers, capacity reserved; a trim back to 1024 tokens
+// after each step, untimed, moves the ring start only). Bytes: the new token's
+// K and V read and written.
 void decode_micache(benchmark::State& state, Device device) {
-  Backend& backend = micache::backend_for(device);
   const Tensor token = random_tokens(1, device);
-  const Tensor prefix = random_tokens(1024, device);
+  const Tensor prefix = random_tokens(kDecodeContext, device);
   KVCache cache(kLayers);
   for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prefix, prefix);
-  cache.reserve(4096);
+  cache.reserve(2 * kDecodeContext);
   for (auto _ : state) {
-    if (cache.seq_len() == 4096) cache.trim_to(1024);  // O(1): moves the ring start
-    for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, token, token);
-    backend.synchronize({});
+    time_iteration(state, device, [&] {
+      for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, token, token);
+    });
+    cache.trim_to(kDecodeContext);
   }
-  micache::bench::report_bytes(state, kLayers * 2 * kTokenBytes * 2);  // read + write of the new token's K and V
+  report_bytes(state, kLayers * 2 * kTokenBytes * 2);
 }
 
-// candle-mi's way: each step builds a new [1, 8, len + 1, 128] tensor per K and V (Tensor::cat).
+// The same decode step, candle-mi's way: a new [1, 8, 1025, 128] tensor per K and
+// V per layer (Tensor::cat of the 1024 held tokens and the new one), the held
+// tensors kept so every step starts from 1024 tokens.
 void decode_candle_way(benchmark::State& state, Device device) {
   Backend& backend = micache::backend_for(device);
   const Tensor token = random_tokens(1, device);
-  std::vector<Tensor> keys(kLayers, random_tokens(1024, device));
-  std::vector<Tensor> values = keys;
+  const Tensor held = random_tokens(kDecodeContext, device);
   const auto cat = [&](const Tensor& old) {
     const std::size_t len = old.dim(2);
     Tensor next = Tensor::empty({1, kKvHeads, len + 1, kHeadDim}, DType::BF16, device);
@@ -72,59 +87,51 @@ void decode_candle_way(benchmark::State& state, Device device) {
     place(token, len);
     return next;
   };
-  std::size_t moved = 0;
   for (auto _ : state) {
-    for (std::size_t l = 0; l < kLayers; ++l) {
-      moved += 2 * 2 * (keys[l].nbytes() + kTokenBytes);
-      keys[l] = cat(keys[l]);
-      values[l] = cat(values[l]);
-    }
-    backend.synchronize({});
-    if (keys[0].dim(2) == 2048) {
-      state.PauseTiming();
-      std::fill(keys.begin(), keys.end(), random_tokens(1024, device));
-      values = keys;
-      state.ResumeTiming();
-    }
+    time_iteration(state, device, [&] {
+      for (std::size_t l = 0; l < kLayers; ++l) {
+        benchmark::DoNotOptimize(cat(held));  // keys
+        benchmark::DoNotOptimize(cat(held));  // values
+      }
+    });
   }
-  state.SetBytesProcessed(static_cast<std::int64_t>(moved));
+  report_bytes(state, kLayers * 2 * kTokenBytes * 2);
 }
 
-// Prefill: 2048 tokens into every layer of an empty cache.
+// Prefill: 2048 tokens into every layer of an empty cache. Bytes: the prompt's K
+// and V read and written for each layer.
 void prefill_micache(benchmark::State& state, Device device) {
-  Backend& backend = micache::backend_for(device);
-  const Tensor prompt = random_tokens(2048, device);
+  const Tensor prompt = random_tokens(kPrefill, device);
   for (auto _ : state) {
-    KVCache cache(kLayers);
-    for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prompt, prompt);
-    backend.synchronize({});
+    time_iteration(state, device, [&] {
+      KVCache cache(kLayers);
+      for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prompt, prompt);
+    });
   }
-  micache::bench::report_bytes(state, kLayers * 2 * 2048 * kTokenBytes * 2);
+  report_bytes(state, kLayers * 2 * kPrefill * kTokenBytes * 2);
 }
 
 // Times `shrink` on a fresh cache of 32 layers x 8192 tokens per iteration
-// (the fill is untimed); it must leave 6144 tokens.
+// (the fill is untimed); it must leave 6144 tokens. Bytes: the kept K and V
+// read and written once.
 template <class Shrink>
 void time_from_8192_to_6144(benchmark::State& state, Device device, Shrink shrink) {
   Backend& backend = micache::backend_for(device);
-  const Tensor full = random_tokens(8192, device);
+  const Tensor full = random_tokens(kTrimFrom, device);
   for (auto _ : state) {
-    state.PauseTiming();
     KVCache cache(kLayers);
     for (std::size_t l = 0; l < kLayers; ++l) cache.set_layer(l, full, full);
     backend.synchronize({});
-    state.ResumeTiming();
-    shrink(cache);
-    backend.synchronize({});
+    time_iteration(state, device, [&] { shrink(cache); });
   }
-  micache::bench::report_bytes(state, kLayers * 2 * 6144 * kTokenBytes * 2);
+  report_bytes(state, kLayers * 2 * kTrimTo * kTokenBytes * 2);
 }
 
 // Trim 8192 tokens to the last 6144 and give the memory back: trim_to (moves
 // nothing) + shrink_to_fit (one compaction moving each kept byte once).
 void trim_compact_micache(benchmark::State& state, Device device) {
   time_from_8192_to_6144(state, device, [](KVCache& cache) {
-    cache.trim_to(6144);
+    cache.trim_to(kTrimTo);
     cache.shrink_to_fit();
   });
 }
@@ -133,33 +140,33 @@ void trim_compact_micache(benchmark::State& state, Device device) {
 // + the last 1024): device top-k of the scores, then one gather launch per
 // layer moving each kept byte once. Same kept bytes as the trim above.
 void evict_heavy_hitters_micache(benchmark::State& state, Device device) {
-  std::vector<float> host_scores(8192);
+  std::vector<float> host_scores(kTrimFrom);
   for (std::size_t t = 0; t < host_scores.size(); ++t) host_scores[t] = static_cast<float>((t * 2654435761u) % 8191);
-  const Tensor scores = Tensor::from_host(host_scores, {8192}, DType::F32, device);
+  const Tensor scores = Tensor::from_host(host_scores, {kTrimFrom}, DType::F32, device);
   time_from_8192_to_6144(state, device, [&](KVCache& cache) { cache.evict_heavy_hitters(scores, 5120, 1024); });
 }
 
 // The roof for the compaction: one device copy of the same kept bytes.
 void trim_copy_roof(benchmark::State& state, Device device) {
-  micache::bench::time_device_copy(state, device, kLayers * 2 * 6144 * kTokenBytes);
+  micache::bench::time_device_copy(state, device, kLayers * 2 * kTrimTo * kTokenBytes);
+}
+
+std::string name(const char* op, const char* impl, Device device, std::size_t seq) {
+  return micache::bench::bench_name(op, impl, device, DType::BF16, kKvHeads, seq);
 }
 
 const bool registered = [] {
   for (const Device device : micache::available_devices()) {
-    const std::string at = "/" + device.to_string();
-    benchmark::RegisterBenchmark(("kv_decode_append/micache" + at).c_str(), decode_micache, device)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
-    benchmark::RegisterBenchmark(("kv_decode_append/candle_way" + at).c_str(), decode_candle_way, device)
-        ->Unit(benchmark::kMicrosecond)->UseRealTime();
-    benchmark::RegisterBenchmark(("kv_prefill_2048/micache" + at).c_str(), prefill_micache, device)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
-    benchmark::RegisterBenchmark(("kv_trim_8192_to_6144_compact/micache" + at).c_str(), trim_compact_micache, device)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
-    benchmark::RegisterBenchmark(("kv_trim_8192_to_6144_compact/copy_roof" + at).c_str(), trim_copy_roof, device)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
-    benchmark::RegisterBenchmark(("kv_evict_heavy_hitters_8192_to_6144/micache" + at).c_str(),
-                                 evict_heavy_hitters_micache, device)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    const auto add = [&](const std::string& bench, void (*fn)(benchmark::State&, Device), benchmark::TimeUnit unit) {
+      benchmark::RegisterBenchmark(bench.c_str(), fn, device)->UseManualTime()->Unit(unit);
+    };
+    add(name("kv_decode_append", "micache", device, kDecodeContext), decode_micache, benchmark::kMicrosecond);
+    add(name("kv_decode_append", "candle_way", device, kDecodeContext), decode_candle_way, benchmark::kMicrosecond);
+    add(name("kv_prefill", "micache", device, kPrefill), prefill_micache, benchmark::kMillisecond);
+    add(name("kv_trim", "micache", device, kTrimFrom), trim_compact_micache, benchmark::kMillisecond);
+    add(name("kv_trim", "copy_roof", device, kTrimFrom), trim_copy_roof, benchmark::kMillisecond);
+    add(name("kv_evict_heavy_hitters", "micache", device, kTrimFrom), evict_heavy_hitters_micache,
+        benchmark::kMillisecond);
   }
   return true;
 }();

@@ -4,8 +4,10 @@
 #   scripts/gpu-check.sh [build-dir]                        (there; default build/cuda)
 # Prints the device, runs the whole test suite, runs the CUDA tests again under
 # compute-sanitizer (memcheck, racecheck, initcheck, synccheck) with plain
-# cudaMalloc (pools hide out-of-bounds accesses), then the benchmarks, and
-# writes a report to $OUT (or bench/out) as gpu-check.md plus raw logs.
+# cudaMalloc (pools hide out-of-bounds accesses), then the benchmarks (and
+# PyTorch's, when python3 has torch) with the table of micache against its
+# peers (scripts/bench_table.py), and writes a report to $OUT (or bench/out)
+# as gpu-check.md plus raw logs.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${1:-$root/build/cuda}
@@ -60,6 +62,17 @@ if [ -x "$bench" ]; then
   section "benchmarks"
   "$bench" --benchmark_min_time=0.2 --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
     --benchmark_out="$out/bench.json" --benchmark_out_format=json 2>&1 | tee "$out/bench.log" | tee -a "$report"
+  end_section
+  # PyTorch on the same operations where this host's python has a torch (CUDA when it can), then the
+  # table of micache against every peer (scripts/bench_table.py needs only the standard library).
+  torch_lines=()
+  if python3 -c "import torch" 2>/dev/null; then
+    python3 "$root/scripts/bench_torch.py" --min-time 0.2 --repeats 5 >"$out/torch.jsonl" 2>"$out/torch.log" &&
+      torch_lines=(--torch "$out/torch.jsonl")
+  fi
+  section "micache against peers"
+  python3 "$root/scripts/bench_table.py" --bench "$out/bench.json" "${torch_lines[@]}" 2>&1 | tee "$out/table.md" |
+    tee -a "$report"
   end_section
 fi
 
