@@ -8,27 +8,40 @@
 namespace micache::cpu {
 namespace {
 
-// Memory access: for each output row, the selected heads are visited in
-// ascending order and each head's slice of the row is streamed once into the
-// f32 accumulator row, so every element's sum runs in head order (the order
-// the CUDA kernel uses) while reads stay sequential for col_stride == 1.
+// Output rows accumulated together: enough that each head's slice of a block
+// of rows is one long sequential read, few enough that the block's f32
+// accumulators (at most kBlockBytes) stay in the L2 cache.
+constexpr std::size_t kBlockBytes = 512 * 1024;
+constexpr std::size_t kMaxBlockRows = 64;
+
+// Memory access: rows are taken in blocks; for each block the selected heads
+// are visited in ascending order and each head's slice of the block (rows
+// contiguous when row_stride == n_cols) is streamed once into the block's f32
+// accumulators, so every element's sum runs in head order (the order the CUDA
+// kernel uses) while reads stay sequential for col_stride == 1.
 template <class Element, class Load>
 void head_mean_rows(const HeadMeanView& view, float* out, Load load) {
   const auto* base = static_cast<const Element*>(view.data) + view.offset;
   const float count = static_cast<float>(view.heads.count);
-  for (std::size_t r = 0; r < view.n_rows; ++r) {
-    float* out_row = out + r * view.n_cols;
-    for (std::size_t c = 0; c < view.n_cols; ++c) out_row[c] = 0.0f;
+  const std::size_t block_rows =
+      std::clamp<std::size_t>(kBlockBytes / (sizeof(float) * std::max<std::size_t>(view.n_cols, 1)), 1, kMaxBlockRows);
+  for (std::size_t first = 0; first < view.n_rows; first += block_rows) {
+    const std::size_t rows = std::min(block_rows, view.n_rows - first);
+    float* out_block = out + first * view.n_cols;
+    std::fill(out_block, out_block + rows * view.n_cols, 0.0f);
     for (std::uint32_t i = 0; i < view.heads.count; ++i) {
       const std::size_t head = view.heads.listed ? view.heads.index[i] : i;
-      const Element* row = base + head * view.head_stride + r * view.row_stride;
-      if (view.col_stride == 1) {
-        for (std::size_t c = 0; c < view.n_cols; ++c) out_row[c] += load(row[c]);
-      } else {
-        for (std::size_t c = 0; c < view.n_cols; ++c) out_row[c] += load(row[c * view.col_stride]);
+      for (std::size_t r = 0; r < rows; ++r) {
+        const Element* row = base + head * view.head_stride + (first + r) * view.row_stride;
+        float* out_row = out_block + r * view.n_cols;
+        if (view.col_stride == 1) {
+          for (std::size_t c = 0; c < view.n_cols; ++c) out_row[c] += load(row[c]);
+        } else {
+          for (std::size_t c = 0; c < view.n_cols; ++c) out_row[c] += load(row[c * view.col_stride]);
+        }
       }
     }
-    for (std::size_t c = 0; c < view.n_cols; ++c) out_row[c] /= count;
+    for (std::size_t e = 0; e < rows * view.n_cols; ++e) out_block[e] /= count;
   }
 }
 

@@ -301,16 +301,27 @@ MICACHE_HOST_DEVICE inline int binary_exponent(float v) {
   return exponent;
 }
 
-/// v * 2^shift, exact whenever the result is a normal float; two factors so
-/// that shifts up to +-250 need no factor outside the float range.
-MICACHE_HOST_DEVICE inline float scale_by_power_of_two(float v, int shift) {
-  const int half = shift / 2;
-#if defined(__CUDA_ARCH__)
-  return mul_rn(mul_rn(v, ldexpf(1.0f, half)), ldexpf(1.0f, shift - half));
-#else
-  return mul_rn(mul_rn(v, std::ldexp(1.0f, half)), std::ldexp(1.0f, shift - half));
-#endif
-}
+/// Multiplication by 2^shift for |shift| <= 250 as two factors, each a normal
+/// float built from its bits (no libm call), so that no factor leaves the
+/// float range; exact whenever the result is a normal float. Built once per
+/// vector, applied to each element.
+struct PowerOfTwoScale {
+  float first;
+  float second;
+
+  MICACHE_HOST_DEVICE explicit PowerOfTwoScale(int shift)
+      : first(power_of_two(shift / 2)), second(power_of_two(shift - shift / 2)) {}
+
+  MICACHE_HOST_DEVICE float operator()(float v) const { return mul_rn(mul_rn(v, first), second); }
+
+  /// 2^k for -126 <= k <= 127.
+  MICACHE_HOST_DEVICE static float power_of_two(int k) {
+    const std::uint32_t bits = static_cast<std::uint32_t>(127 + k) << 23;
+    float value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+  }
+};
 
 /// Encodes x (`layout.dim` floats) into `record` (`layout.record_bytes` bytes,
 /// fully written).
@@ -353,16 +364,17 @@ MICACHE_HOST_DEVICE inline void encode_record(const float* x, const RecordLayout
     return;
   }
   const int shift = 1 - binary_exponent(largest);
+  const PowerOfTwoScale scale(shift);
   for (std::uint32_t i = 0; i < p; ++i) {
-    work[i] = i < layout.dim ? scale_by_power_of_two(x[i], shift) : 0.0f;
+    work[i] = i < layout.dim ? scale(x[i]) : 0.0f;
   }
   rotate(work, layout.dim, y, signs, p);
   for (std::uint32_t i = 0; i < p; ++i) {
-    const float scaled = i < layout.dim ? scale_by_power_of_two(x[i], shift) : 0.0f;
+    const float scaled = i < layout.dim ? scale(x[i]) : 0.0f;
     work[i] = mul_rn(scaled, scaled);
   }
   const float norm = sqrt_rn(tree_sum(work, p));  // of x * 2^shift
-  store_f32(record + layout.norm_offset, scale_by_power_of_two(norm, -shift));
+  store_f32(record + layout.norm_offset, PowerOfTwoScale(-shift)(norm));
   const float t_scale = div_rn(sqrt_power_of_two(p), norm);
   const float inv_norm = div_rn(1.0f, norm);
   const float inv_sqrt_p = inv_sqrt_power_of_two(p);
