@@ -58,6 +58,26 @@ for tool in memcheck racecheck initcheck synccheck; do
   end_section
 done
 
+cli="$build/examples/micache"
+if [ -x "$cli" ]; then
+  section "micache info, and the demo on cuda:0 against the demo on the CPU"
+  "$cli" info 2>&1 | tee -a "$report"
+  "$cli" demo --device cuda:0 --data "$root/tests/data" --heatmap "$out/heatmap.png" >"$out/demo-cuda.txt" 2>&1 ||
+    status=1
+  "$cli" demo --device cpu --data "$root/tests/data" >"$out/demo-cpu.txt" 2>&1
+  cat "$out/demo-cuda.txt" >>"$report"
+  # Same data, same rules: everything but the device lines and the backend's memory figures must match.
+  if diff <(grep -v -e '^micache .* demo on' -e 'backend memory' -e 'heatmap' -e 'colour:' "$out/demo-cpu.txt") \
+      <(grep -v -e '^micache .* demo on' -e 'backend memory' -e 'heatmap' -e 'colour:' "$out/demo-cuda.txt") \
+      >"$out/demo-diff.txt"; then
+    echo "demo: cuda:0 output equals the CPU's" | tee -a "$report"
+  else
+    echo "demo: cuda:0 output DIFFERS from the CPU's (see demo-diff.txt)" | tee -a "$report"
+    status=1
+  fi
+  end_section
+fi
+
 if [ -x "$bench" ]; then
   section "benchmarks"
   "$bench" --benchmark_min_time=0.2 --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
