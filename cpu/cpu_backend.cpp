@@ -1,5 +1,6 @@
 #include "cpu/cpu_backend.hpp"
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -27,6 +28,7 @@ constexpr std::size_t kAlignment = 256;
 }
 
 void* CpuBackend::do_allocate(std::size_t bytes, Stream) {
+  if (bytes > SIZE_MAX - kAlignment) return nullptr;  // rounding up would wrap
   const std::size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   return std::aligned_alloc(kAlignment, rounded);
 }

@@ -10,6 +10,7 @@
 
 #include "micache/activation_cache.hpp"
 #include "micache/attention_cache.hpp"
+#include "micache/detail/turbo_quant.hpp"
 #include "micache/error.hpp"
 #include "micache/full_activation_cache.hpp"
 #include "micache/gqa_kv_cache.hpp"
@@ -23,6 +24,9 @@ namespace {
 using Json = nlohmann::json;
 
 constexpr const char* kCacheKey = "micache.cache";
+// The most layers a KV cache file may declare (each costs a little host memory
+// even when empty); models have at most a few hundred.
+constexpr std::uint64_t kMaxFileLayers = 4096;
 // Version of the compressed record format (detail::RecordLayout and the
 // quantiser's randomness): a file is only read by a build that encodes alike.
 constexpr const char* kQuantizer = "turboquant-hadamard2-lloydmax-qjl/1";
@@ -128,6 +132,11 @@ KvCacheConfig config_of(const SafetensorsReader& file) {
   return config;
 }
 
+// The most a file's config may make a load allocate for per-head tables
+// (dominated by the keys' QJL matrices, heads x projections x padded head_dim
+// f32): real models need a few MiB; a crafted 300-byte file could ask for tens of GiB.
+constexpr std::uint64_t kMaxFileTableBytes = 256u << 20;
+
 // Checks a compressed cache file's class and record format; returns its config and head count.
 std::pair<KvCacheConfig, std::size_t> compressed_header(const SafetensorsReader& file, const char* kind) {
   const std::string* saved = file.metadata(kCacheKey);
@@ -141,7 +150,14 @@ std::pair<KvCacheConfig, std::size_t> compressed_header(const SafetensorsReader&
   }
   const std::uint64_t heads = required_size(file, "micache.num_heads");
   if (heads == 0 || heads > (1u << 20)) fail(file, fmt::format("micache.num_heads {} out of range", heads));
-  return {config_of(file), static_cast<std::size_t>(heads)};
+  const KvCacheConfig config = config_of(file);
+  const std::uint64_t table_bytes = heads * config.projections * detail::next_power_of_two(static_cast<std::uint32_t>(
+                                                                        config.head_dim)) * sizeof(float);
+  if (table_bytes > kMaxFileTableBytes) {
+    fail(file, fmt::format("micache.config asks for {} bytes of QJL tables ({} heads); a file may ask for at most {}",
+                           table_bytes, heads, kMaxFileTableBytes));
+  }
+  return {config, static_cast<std::size_t>(heads)};
 }
 
 // Fills `heads` with the file's records. A size that does not match the config is Io.
@@ -191,7 +207,7 @@ void KVCache::save(const std::string& path) const {
   Json next_positions = Json::array();
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     next_positions.push_back(layers_[i].next_position);
-    if (layers_[i].length == 0) continue;
+    if (!layers_[i].populated()) continue;
     writer.add(layer_name(i, "attn.k_cache"), keys(i));
     writer.add(layer_name(i, "attn.v_cache"), values(i));
     const std::vector<std::size_t> kept = positions(i);
@@ -208,7 +224,9 @@ KVCache KVCache::load(const std::string& path, Device device) {
   const SafetensorsReader file(path);
   check_kind(file, "KVCache");
   const std::optional<std::uint64_t> saved_layers = metadata_size(file, "micache.n_layers");
-  if (saved_layers && *saved_layers > (1u << 20)) fail(file, fmt::format("micache.n_layers {} out of range", *saved_layers));
+  if (saved_layers && *saved_layers > kMaxFileLayers) {
+    fail(file, fmt::format("micache.n_layers {} exceeds the {} a file may hold", *saved_layers, kMaxFileLayers));
+  }
   const std::size_t n = saved_layers ? static_cast<std::size_t>(*saved_layers) : count_layers(file, "attn.k_cache");
   Json next_positions = Json::array();
   if (const std::string* text = file.metadata("micache.next_positions")) {

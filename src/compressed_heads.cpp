@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <new>
 #include <tuple>
 #include <utility>
 
@@ -118,11 +119,17 @@ CompressedHeads::CompressedHeads(std::size_t num_heads, const KvCacheConfig& con
   if (num_heads == 0) throw Error(ErrorCode::EmptyInput, "empty input: num_heads must be > 0");
   config.validate();
   backend_for(device);  // fails early for an unusable device
-  auto tables = std::make_shared<Tables>();
-  tables->keys = make_tables(num_heads, config, config.bits, true, device);
-  tables->values =
-      make_tables(num_heads, config, config.value_bits != 0 ? config.value_bits : config.bits, false, device);
-  tables_ = std::move(tables);
+  try {
+    auto tables = std::make_shared<Tables>();
+    tables->keys = make_tables(num_heads, config, config.bits, true, device);
+    tables->values =
+        make_tables(num_heads, config, config.value_bits != 0 ? config.value_bits : config.bits, false, device);
+    tables_ = std::move(tables);
+  } catch (const std::bad_alloc&) {
+    throw Error(ErrorCode::OutOfMemory,
+                fmt::format("the host cannot hold the tables of {} heads (head_dim {}, {} projections)", num_heads,
+                            config.head_dim, config.projections));
+  }
 }
 
 RecordRing CompressedHeads::key_ring() const { return ring_of(tables_->keys, key_records_, num_heads_, start_); }

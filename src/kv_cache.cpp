@@ -198,6 +198,7 @@ void KVCache::append(std::size_t layer_index, const Tensor& new_keys, const Tens
     }
   }
   const std::size_t added = new_keys.dim(2);
+  if (added == 0 && layer.populated()) return;  // validated; nothing to add
   const std::size_t needed = layer.length + added;
   Layer next;
   if (!layer.populated()) {
@@ -321,7 +322,7 @@ bool KVCache::enforce_memory_limit(std::size_t max_bytes, EvictionPolicy policy)
 
 bool KVCache::evict_to_window(std::size_t sinks, std::size_t window) {
   const std::size_t length = common_length("evict_to_window");
-  if (length <= sinks + window) return false;
+  if (length <= sinks || length - sinks <= window) return false;  // sinks + window may not fit in size_t
   std::vector<Layer> next = layers_;
   for (Layer& layer : next) {
     if (!layer.populated()) continue;
@@ -398,7 +399,7 @@ bool KVCache::evict_heavy_hitters(const Tensor& scores, std::size_t heavy, std::
     throw Error(ErrorCode::Config, fmt::format("evict_heavy_hitters: scores must be f32, f16 or bf16, got {}",
                                                dtype_name(scores.dtype())));
   }
-  if (length <= heavy + window) return false;
+  if (length <= heavy || length - heavy <= window) return false;  // heavy + window may not fit in size_t
   const Device device = first_populated()->keys.device();
   if (!(scores.device() == device)) {
     throw Error(ErrorCode::Config, fmt::format("evict_heavy_hitters: scores on {}, cache on {}",

@@ -24,6 +24,7 @@ struct RingCopy {
 /// launch (see TokenCopy). The capacity is the second-to-last axis.
 inline void copy_rings(const Tensor* const* src, Tensor* const* dst, std::size_t count, const RingCopy& what) {
   const Tensor& first = *src[0];
+  if (what.tokens == 0 || first.numel() == 0 || dst[0]->numel() == 0) return;  // nothing to move
   const std::size_t axis = first.rank() - 2;
   TokenCopy copy;
   copy.buffers = count;
@@ -39,9 +40,7 @@ inline void copy_rings(const Tensor* const* src, Tensor* const* dst, std::size_t
   copy.tokens = what.tokens;
   copy.token_bytes = first.dim(axis + 1) * dtype_size(first.dtype());
   copy.src_tokens = what.src_tokens;
-  if (copy.tokens != 0 && copy.planes != 0) {
-    backend_for(dst[0]->device()).copy_tokens(copy, {});
-  }
+  backend_for(dst[0]->device()).copy_tokens(copy, {});
 }
 
 /// One buffer pair.

@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
@@ -105,7 +107,17 @@ Tensor Tensor::from_host_bytes(std::span<const std::byte> bytes, Shape shape, DT
 
 Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   Backend& backend = backend_for(device);
-  const std::size_t bytes = shape.numel() * dtype_size(dtype);
+  const auto& dims = shape.dims();
+  const bool zero = std::find(dims.begin(), dims.end(), std::size_t{0}) != dims.end();
+  std::size_t bytes = zero ? 0 : dtype_size(dtype);
+  for (const std::size_t d : dims) {
+    if (d != 0 && bytes > std::numeric_limits<std::size_t>::max() / d) {
+      throw Error(ErrorCode::OutOfMemory,
+                  fmt::format("a {} tensor of shape {} needs more bytes than size_t counts", dtype_name(dtype),
+                              shape.to_string()));
+    }
+    bytes *= d;
+  }
   return Tensor(std::make_shared<detail::Storage>(backend, bytes), std::move(shape), dtype, 0);
 }
 

@@ -64,6 +64,8 @@ class KVCache {
 
   /// Appends `new_keys` and `new_values` (`[batch, kv_heads, n_new, head_dim]`)
   /// after the layer's last token; an empty layer adopts their geometry.
+  /// n_new = 0 checks the arguments and changes nothing else (an empty layer
+  /// still adopts the geometry, as `set_layer` with no tokens does).
   /// Errors: Hook, Shape (other batch/heads/head_dim or K != V), Config (dtype,
   /// device), OutOfMemory (growth failed; unchanged).
   void append(std::size_t layer, const Tensor& new_keys, const Tensor& new_values);

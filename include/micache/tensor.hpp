@@ -51,6 +51,7 @@ class Tensor {
                                 Device device = Device::cpu());
 
   /// A new tensor whose contents are unspecified. O(1) besides the allocation.
+  /// Error: OutOfMemory when the allocation fails or its byte count overflows size_t.
   static Tensor empty(Shape shape, DType dtype, Device device = Device::cpu());
 
   /// Wraps caller-owned memory on `device` without copying (the way DLPack
