@@ -54,17 +54,6 @@ struct Reference {
   }
 };
 
-float stored_as(float x, DType dtype) {
-  switch (dtype) {
-    case DType::F16:
-      return f16_to_f32(f32_to_f16(x));
-    case DType::BF16:
-      return bf16_to_f32(f32_to_bf16(x));
-    default:
-      return x;
-  }
-}
-
 float pick_value(FuzzedDataProvider& in) {
   switch (in.ConsumeIntegralInRange(0, 15)) {
     case 10:

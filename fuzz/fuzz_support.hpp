@@ -103,6 +103,18 @@ inline std::size_t pick_huge(FuzzedDataProvider& in) {
 }
 
 /// True when `a` and `b` have the same bits, or are both NaN.
+// The value `x` holds once stored as `dtype`.
+inline float stored_as(float x, DType dtype) {
+  switch (dtype) {
+    case DType::F16:
+      return f16_to_f32(f32_to_f16(x));
+    case DType::BF16:
+      return bf16_to_f32(f32_to_bf16(x));
+    default:
+      return x;
+  }
+}
+
 inline bool same_float(float a, float b) { return (std::isnan(a) && std::isnan(b)) || float_bits(a) == float_bits(b); }
 
 }  // namespace micache::fuzz

@@ -451,18 +451,6 @@ float pick_score(FuzzedDataProvider& in) {
   }
 }
 
-// The value `x` holds once stored as `dtype`.
-float stored_as(float x, DType dtype) {
-  switch (dtype) {
-    case DType::F16:
-      return f16_to_f32(f32_to_f16(x));
-    case DType::BF16:
-      return bf16_to_f32(f32_to_bf16(x));
-    default:
-      return x;
-  }
-}
-
 // The `heavy` best of `scores[0, candidates)` (weight descending, ties by lower index, NaN last), ascending.
 std::vector<std::size_t> heavy_hitters(const float* scores, std::size_t candidates, std::size_t heavy) {
   std::vector<std::size_t> order(candidates);

@@ -199,18 +199,13 @@ std::vector<float> Tensor::to_host_f32() const {
   std::vector<float> out(numel());
   if (out.empty()) return out;
   if (dtype_ == DType::F32) {
-    if (storage_->device.is_cpu()) {
-      std::memcpy(out.data(), data(), nbytes());
-    } else {
-      backend_for(storage_->device).copy_device_to_host(out.data(), data(), nbytes(), {});
-    }
+    copy_to_host(out.data());
     return out;
   }
   std::vector<std::byte> raw;
   const void* host = data();
   if (!storage_->device.is_cpu()) {
-    raw.resize(nbytes());
-    backend_for(storage_->device).copy_device_to_host(raw.data(), data(), nbytes(), {});
+    raw = to_host_bytes();
     host = raw.data();
   }
   for (std::size_t i = 0; i < out.size(); ++i) {
@@ -219,30 +214,29 @@ std::vector<float> Tensor::to_host_f32() const {
   return out;
 }
 
+void Tensor::copy_to_host(void* dst) const {
+  if (nbytes() == 0) return;
+  if (storage_->device.is_cpu()) {
+    std::memcpy(dst, data(), nbytes());
+  } else {
+    backend_for(storage_->device).copy_device_to_host(dst, data(), nbytes(), {});
+  }
+}
+
 std::vector<std::int32_t> Tensor::to_host_i32() const {
   require_defined();
   if (dtype_ != DType::I32) {
     throw Error(ErrorCode::Config, fmt::format("to_host_i32 of a {} tensor", dtype_name(dtype_)));
   }
   std::vector<std::int32_t> out(numel());
-  if (out.empty()) return out;
-  if (storage_->device.is_cpu()) {
-    std::memcpy(out.data(), data(), nbytes());
-  } else {
-    backend_for(storage_->device).copy_device_to_host(out.data(), data(), nbytes(), {});
-  }
+  copy_to_host(out.data());
   return out;
 }
 
 std::vector<std::byte> Tensor::to_host_bytes() const {
   require_defined();
   std::vector<std::byte> out(nbytes());
-  if (out.empty()) return out;
-  if (storage_->device.is_cpu()) {
-    std::memcpy(out.data(), data(), nbytes());
-  } else {
-    backend_for(storage_->device).copy_device_to_host(out.data(), data(), nbytes(), {});
-  }
+  copy_to_host(out.data());
   return out;
 }
 

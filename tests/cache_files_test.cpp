@@ -262,31 +262,18 @@ TEST_P(CacheFilesTest, EveryCompressedCacheClassRoundTrips) {
 }
 
 TEST_P(CacheFilesTest, RecordsThatDoNotMatchTheConfigAreAnIoError) {
-  const MultiHeadKvCache cache = wrapped_multi_head(GetParam());
-  cache.save(dir_.path("mh.safetensors"));
-  const SafetensorsReader saved(dir_.path("mh.safetensors"));
-  SafetensorsWriter tampered;
-  tampered.add("key_records", saved.read("key_records"));
-  tampered.add("value_records", saved.read("value_records"));
-  for (const auto& [key, value] : saved.metadata()) tampered.set_metadata(key, value);
+  wrapped_multi_head(GetParam()).save(dir_.path("mh.safetensors"));
   // 5-bit keys: a wider key record than the file holds.
-  tampered.set_metadata("micache.config", R"({"head_dim": 32, "bits": 5, "projections": 8, "seed": 7, )"
-                                          R"("value_bits": 4, "estimator": "mse"})");
-  tampered.write(dir_.path("tampered.safetensors"));
+  copy_with_metadata(dir_.path("mh.safetensors"), dir_.path("tampered.safetensors"), "micache.config",
+                     R"({"head_dim": 32, "bits": 5, "projections": 8, "seed": 7, "value_bits": 4, "estimator": "mse"})");
   expect_io_error([&] { MultiHeadKvCache::load(dir_.path("tampered.safetensors"), GetParam()); },
                   "'key_records' must be U8 [3, tokens, ");
 }
 
 TEST_P(CacheFilesTest, InvalidCompressedConfigIsAnIoErrorNamingTheRule) {
   wrapped_multi_head(GetParam()).save(dir_.path("mh.safetensors"));
-  const SafetensorsReader saved(dir_.path("mh.safetensors"));
-  SafetensorsWriter tampered;
-  tampered.add("key_records", saved.read("key_records"));
-  tampered.add("value_records", saved.read("value_records"));
-  for (const auto& [key, value] : saved.metadata()) tampered.set_metadata(key, value);
-  tampered.set_metadata("micache.config", R"({"head_dim": 7, "bits": 3, "projections": 8, "seed": 7, )"
-                                          R"("value_bits": 4, "estimator": "mse"})");
-  tampered.write(dir_.path("odd.safetensors"));
+  copy_with_metadata(dir_.path("mh.safetensors"), dir_.path("odd.safetensors"), "micache.config",
+                     R"({"head_dim": 7, "bits": 3, "projections": 8, "seed": 7, "value_bits": 4, "estimator": "mse"})");
   expect_io_error([&] { MultiHeadKvCache::load(dir_.path("odd.safetensors"), GetParam()); },
                   "micache.config: dimension must be even, got 7");
 }

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "micache/safetensors.hpp"
+
 namespace micache::testing {
 
 /// A fresh path in a per-test scratch directory (removed with the object).
@@ -48,6 +50,18 @@ inline std::string test_data(const std::string& file) {
 inline std::vector<char> read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+/// Copies the safetensors file `from` to `to` (tensors of the dtypes a Tensor
+/// holds, and the metadata), with metadata `key` set to `value`.
+inline void copy_with_metadata(const std::string& from, const std::string& to, const std::string& key,
+                               const std::string& value) {
+  const SafetensorsReader source(from);
+  SafetensorsWriter copy;
+  for (const std::string& name : source.names()) copy.add(name, source.read(name));
+  for (const auto& [k, v] : source.metadata()) copy.set_metadata(k, v);
+  copy.set_metadata(key, value);
+  copy.write(to);
 }
 
 inline void write_file(const std::string& path, const std::vector<char>& bytes) {

@@ -114,6 +114,7 @@ class Tensor {
   Tensor(std::shared_ptr<detail::Storage> storage, Shape shape, DType dtype, std::size_t offset)
       : storage_(std::move(storage)), shape_(std::move(shape)), dtype_(dtype), offset_(offset) {}
   void require_defined() const;
+  void copy_to_host(void* dst) const;  // nbytes() bytes, any device
 
   std::shared_ptr<detail::Storage> storage_;
   Shape shape_;
