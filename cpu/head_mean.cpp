@@ -6,13 +6,14 @@
 #include "cpu/kernels.hpp"
 
 namespace micache::cpu {
-namespace {
 
-// Output rows accumulated together: enough that each head's slice of a block
-// of rows is one long sequential read, few enough that the block's f32
-// accumulators (at most kBlockBytes) stay in the L2 cache.
-constexpr std::size_t kBlockBytes = 512 * 1024;
-constexpr std::size_t kMaxBlockRows = 64;
+std::size_t head_mean_block_rows(std::size_t n_cols) {
+  constexpr std::size_t kBlockBytes = 512 * 1024;
+  constexpr std::size_t kMaxBlockRows = 64;
+  return std::clamp<std::size_t>(kBlockBytes / (sizeof(float) * std::max<std::size_t>(n_cols, 1)), 1, kMaxBlockRows);
+}
+
+namespace {
 
 // Memory access: rows are taken in blocks; for each block the selected heads
 // are visited in ascending order and each head's slice of the block (rows
@@ -23,8 +24,7 @@ template <class Element, class Load>
 void head_mean_rows(const HeadMeanView& view, float* out, Load load) {
   const auto* base = static_cast<const Element*>(view.data) + view.offset;
   const float count = static_cast<float>(view.heads.count);
-  const std::size_t block_rows =
-      std::clamp<std::size_t>(kBlockBytes / (sizeof(float) * std::max<std::size_t>(view.n_cols, 1)), 1, kMaxBlockRows);
+  const std::size_t block_rows = head_mean_block_rows(view.n_cols);
   for (std::size_t first = 0; first < view.n_rows; first += block_rows) {
     const std::size_t rows = std::min(block_rows, view.n_rows - first);
     float* out_block = out + first * view.n_cols;

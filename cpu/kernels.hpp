@@ -17,6 +17,13 @@ void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::
 /// See Backend::head_mean.
 void head_mean(const HeadMeanView& view, float* out);
 
+/// Output rows head_mean accumulates together for rows of `n_cols` columns:
+/// enough that each head's slice of a block of rows is one long sequential
+/// read, few enough (at most 64, at most 512 KiB of f32 accumulators) that the
+/// block stays in the L2 cache. Callers that hold head means of a block size
+/// their buffers by it.
+std::size_t head_mean_block_rows(std::size_t n_cols);
+
 /// See Backend::top_k_head_mean.
 void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights);
 

@@ -7,14 +7,12 @@
 
 namespace micache::cpu {
 
-// Head means of up to 64 rows at a time (head_mean: same bits as every other
-// backend, sequential reads of each head's block of rows), then per row the
+// Head means of a block of rows at a time (head_mean_block_rows; same bits as
+// every other backend, sequential reads of each head's block of rows), then per row the
 // means become unique 64-bit keys (detail::top_k_key), partially sorted
 // descending, O(n_cols log k).
 void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights) {
-  constexpr std::size_t kBlockBytes = 512 * 1024;
-  const std::size_t block_rows =
-      std::clamp<std::size_t>(kBlockBytes / (sizeof(float) * std::max<std::size_t>(view.n_cols, 1)), 1, 64);
+  const std::size_t block_rows = head_mean_block_rows(view.n_cols);
   std::vector<float> means(block_rows * view.n_cols);
   std::vector<std::uint64_t> keys(view.n_cols);
   HeadMeanView block_view = view;

@@ -55,8 +55,8 @@ std::size_t count_layers(const SafetensorsReader& file, const char* suffix) {
 Tensor read_float(const SafetensorsReader& file, const std::string& name, Device device) {
   Tensor tensor = file.read(name, device);
   if (!is_float_dtype(tensor.dtype())) {
-    fail(file, fmt::format("tensor '{}' is {}, a float dtype (F32, F16, BF16) is needed", name,
-                           dtype_name(tensor.dtype())));
+    fail(file,
+         fmt::format("tensor '{}' is {}, a float dtype (F32, F16, BF16) is needed", name, dtype_name(tensor.dtype())));
   }
   return tensor;
 }
@@ -145,19 +145,29 @@ std::pair<KvCacheConfig, std::size_t> compressed_header(const SafetensorsReader&
   }
   const std::string* quantizer = file.metadata("micache.quantizer");
   if (quantizer == nullptr || *quantizer != kQuantizer) {
-    fail(file, fmt::format("record format '{}', this build reads '{}'", quantizer == nullptr ? "" : *quantizer,
-                           kQuantizer));
+    fail(file,
+         fmt::format("record format '{}', this build reads '{}'", quantizer == nullptr ? "" : *quantizer, kQuantizer));
   }
   const std::uint64_t heads = required_size(file, "micache.num_heads");
   if (heads == 0 || heads > (1u << 20)) fail(file, fmt::format("micache.num_heads {} out of range", heads));
   const KvCacheConfig config = config_of(file);
-  const std::uint64_t table_bytes = heads * config.projections * detail::next_power_of_two(static_cast<std::uint32_t>(
-                                                                        config.head_dim)) * sizeof(float);
+  const std::uint64_t table_bytes = heads * config.projections *
+                                    detail::next_power_of_two(static_cast<std::uint32_t>(config.head_dim)) *
+                                    sizeof(float);
   if (table_bytes > kMaxFileTableBytes) {
     fail(file, fmt::format("micache.config asks for {} bytes of QJL tables ({} heads); a file may ask for at most {}",
                            table_bytes, heads, kMaxFileTableBytes));
   }
   return {config, static_cast<std::size_t>(heads)};
+}
+
+// Metadata micache.num_query_heads: a positive multiple of the file's `kv_heads`. Error: Io.
+std::size_t query_heads_of(const SafetensorsReader& file, std::size_t kv_heads) {
+  const std::uint64_t query_heads = required_size(file, "micache.num_query_heads");
+  if (query_heads == 0 || query_heads % kv_heads != 0 || query_heads / kv_heads > (1u << 20)) {
+    fail(file, fmt::format("micache.num_query_heads {} is not a multiple of {} kv heads", query_heads, kv_heads));
+  }
+  return static_cast<std::size_t>(query_heads);
 }
 
 // Fills `heads` with the file's records. A size that does not match the config is Io.
@@ -247,7 +257,8 @@ KVCache KVCache::load(const std::string& path, Device device) {
     const std::string p = layer_name(i, "attn.positions");
     if (file.contains(p)) {
       const std::vector<std::int64_t> saved = file.read_i64(p);
-      if (saved.size() != length) fail(file, fmt::format("'{}' holds {} positions for {} tokens", p, saved.size(), length));
+      if (saved.size() != length)
+        fail(file, fmt::format("'{}' holds {} positions for {} tokens", p, saved.size(), length));
       for (std::size_t t = 0; t < length; ++t) {
         if (saved[t] < 0) fail(file, fmt::format("'{}' entry {} is negative", p, t));
         kept[t] = static_cast<std::size_t>(saved[t]);
@@ -307,11 +318,7 @@ void GqaKvCache::save(const std::string& path) const {
 GqaKvCache GqaKvCache::load(const std::string& path, Device device) {
   const SafetensorsReader file(path);
   const auto [config, heads] = compressed_header(file, "GqaKvCache");
-  const std::uint64_t query_heads = required_size(file, "micache.num_query_heads");
-  if (query_heads == 0 || query_heads % heads != 0 || query_heads / heads > (1u << 20)) {
-    fail(file, fmt::format("micache.num_query_heads {} is not a multiple of {} kv heads", query_heads, heads));
-  }
-  GqaKvCache cache(heads, static_cast<std::size_t>(query_heads), config, device);
+  GqaKvCache cache(heads, query_heads_of(file, heads), config, device);
   read_records(file, cache.heads_);
   return cache;
 }
@@ -319,21 +326,18 @@ GqaKvCache GqaKvCache::load(const std::string& path, Device device) {
 void SlidingWindowKvCache::save(const std::string& path) const {
   cache_.save_with(path, "SlidingWindowKvCache",
                    {{"micache.num_query_heads", std::to_string(cache_.num_query_heads())},
-                          {"micache.window_size", std::to_string(window_size_)},
-                          {"micache.total_tokens_seen", std::to_string(total_tokens_seen_)}});
+                    {"micache.window_size", std::to_string(window_size_)},
+                    {"micache.total_tokens_seen", std::to_string(total_tokens_seen_)}});
 }
 
 SlidingWindowKvCache SlidingWindowKvCache::load(const std::string& path, Device device) {
   const SafetensorsReader file(path);
   const auto [config, heads] = compressed_header(file, "SlidingWindowKvCache");
-  const std::uint64_t query_heads = required_size(file, "micache.num_query_heads");
+  const std::size_t query_heads = query_heads_of(file, heads);
   const std::uint64_t window = required_size(file, "micache.window_size");
   const std::uint64_t seen = required_size(file, "micache.total_tokens_seen");
-  if (query_heads == 0 || query_heads % heads != 0 || query_heads / heads > (1u << 20) || window == 0) {
-    fail(file, fmt::format("micache.num_query_heads {} or micache.window_size {} out of range", query_heads, window));
-  }
-  SlidingWindowKvCache cache(heads, static_cast<std::size_t>(query_heads), static_cast<std::size_t>(window), config,
-                             device);
+  if (window == 0) fail(file, "micache.window_size is 0");
+  SlidingWindowKvCache cache(heads, query_heads, static_cast<std::size_t>(window), config, device);
   read_records(file, cache.cache_.heads());
   if (cache.window_len() > window || seen < cache.window_len()) {
     fail(file, fmt::format("{} tokens held, window {}, {} seen", cache.window_len(), window, seen));

@@ -4,8 +4,8 @@
 
 #include <array>
 #include <bit>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -52,11 +52,16 @@ std::optional<std::size_t> safetensors_dtype_size(const std::string& name) {
 
 const char* safetensors_name(DType dtype) {
   switch (dtype) {
-    case DType::F32: return "F32";
-    case DType::F16: return "F16";
-    case DType::BF16: return "BF16";
-    case DType::I32: return "I32";
-    case DType::U8: return "U8";
+    case DType::F32:
+      return "F32";
+    case DType::F16:
+      return "F16";
+    case DType::BF16:
+      return "BF16";
+    case DType::I32:
+      return "I32";
+    case DType::U8:
+      return "U8";
   }
   return "?";
 }
@@ -115,8 +120,8 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
   const std::uint64_t begin = json_size(offsets[0], path, fmt::format("tensor '{}': begin offset", name));
   const std::uint64_t end = json_size(offsets[1], path, fmt::format("tensor '{}': end offset", name));
   if (begin > end || end > data_size) {
-    fail(path, fmt::format("tensor '{}': offsets [{}, {}] out of range (data holds {} bytes)", name, begin, end,
-                           data_size));
+    fail(path,
+         fmt::format("tensor '{}': offsets [{}, {}] out of range (data holds {} bytes)", name, begin, end, data_size));
   }
   if (end - begin != expected) {
     fail(path, fmt::format("tensor '{}': {} bytes for shape {} of {} (needs {})", name, end - begin, shape.dump(),
@@ -202,8 +207,7 @@ Tensor SafetensorsReader::read(const std::string& name, Device device) const {
   const SafetensorsEntry& e = entry(name);
   const std::optional<DType> dtype = tensor_dtype(e.dtype);
   if (!dtype) {
-    fail(path_, fmt::format("tensor '{}' has dtype {}; micache tensors hold F32, F16, BF16, I32 or U8", name,
-                            e.dtype));
+    fail(path_, fmt::format("tensor '{}' has dtype {}; micache tensors hold F32, F16, BF16, I32 or U8", name, e.dtype));
   }
   const std::vector<std::byte> bytes = read_bytes(e);
   return Tensor::from_host_bytes(bytes, Shape(e.shape), *dtype, device);
@@ -243,9 +247,7 @@ void SafetensorsWriter::add_i64(const std::string& name, std::span<const std::in
   tensors_.push_back({name, "I64", shape.dims(), std::move(bytes)});
 }
 
-void SafetensorsWriter::set_metadata(const std::string& key, std::string value) {
-  metadata_[key] = std::move(value);
-}
+void SafetensorsWriter::set_metadata(const std::string& key, std::string value) { metadata_[key] = std::move(value); }
 
 void SafetensorsWriter::write(const std::string& path) const {
   Json header = Json::object();
