@@ -1,13 +1,21 @@
 // CpuBackend: host memory and the reference kernels.
 #pragma once
 
+#include <cstdint>
+#include <shared_mutex>
+#include <unordered_set>
+
 #include "micache/backend.hpp"
 
 namespace micache {
 
 /// The CPU implementation of Backend: host memory (256-byte aligned) and the
-/// reference kernels of cpu/kernels.hpp, run on the calling thread. Streams
-/// are ignored; every call has finished when it returns.
+/// reference kernels of cpu/kernels.hpp, run on the calling thread: every call
+/// has finished when it returns, so streams order nothing here. A stream is a
+/// checked handle instead: every call given one other than null throws
+/// Error(Backend) unless `create_stream` made it and it is not yet destroyed,
+/// so code written for CUDA streams runs unchanged on the CPU and a stream
+/// used after its destruction (undefined behaviour on CUDA) is reported.
 class CpuBackend final : public Backend {
  public:
   Device device() const noexcept override { return Device::cpu(); }
@@ -18,6 +26,8 @@ class CpuBackend final : public Backend {
   void copy_device_to_host(void* dst, const void* src, std::size_t bytes, Stream stream) override;
   void copy_device_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) override;
   void synchronize(Stream stream) override;
+  Stream create_stream() override;
+  void destroy_stream(Stream stream) noexcept override;
 
   void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count,
                Stream stream) override;
@@ -35,6 +45,16 @@ class CpuBackend final : public Backend {
  protected:
   void* do_allocate(std::size_t bytes, Stream stream) override;
   void do_deallocate(void* ptr, std::size_t bytes, Stream stream) noexcept override;
+
+ private:
+  // Error(Backend) unless `stream` is null or live.
+  void require_live(Stream stream) const;
+
+  mutable std::shared_mutex streams_mutex_;
+  std::unordered_set<std::uintptr_t> live_streams_;
+  // Handles count up from here and are never reused; 1 and 2 are CUDA's
+  // cudaStreamLegacy and cudaStreamPerThread, so CPU handles never equal them.
+  std::uintptr_t next_stream_ = 0x100;
 };
 
 }  // namespace micache

@@ -97,6 +97,17 @@ class CudaBackend final : public Backend {
     check(cudaStreamSynchronize(native(stream)), "cudaStreamSynchronize");
   }
 
+  Stream create_stream() override {
+    const DeviceScope scope(index_);
+    cudaStream_t stream = nullptr;
+    check(cudaStreamCreate(&stream), "cudaStreamCreate");
+    return Stream{stream};
+  }
+
+  void destroy_stream(Stream stream) noexcept override {
+    if (stream.handle != nullptr) cudaStreamDestroy(native(stream));
+  }
+
   void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count,
                Stream stream) override {
     const DeviceScope scope(index_);

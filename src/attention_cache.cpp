@@ -55,27 +55,27 @@ void require_k(std::size_t k) {
   }
 }
 
-TopK run_top_k(const Tensor& pattern, const HeadMeanView& view, std::size_t k) {
+TopK run_top_k(const Tensor& pattern, const HeadMeanView& view, std::size_t k, Stream stream) {
   const std::size_t k_eff = std::min(k, view.n_cols);
   const Device device = pattern.device();
-  TopK result{Tensor::empty({view.n_rows, k_eff}, DType::I32, device),
-              Tensor::empty({view.n_rows, k_eff}, DType::F32, device)};
+  TopK result{Tensor::empty({view.n_rows, k_eff}, DType::I32, device, stream),
+              Tensor::empty({view.n_rows, k_eff}, DType::F32, device, stream)};
   backend_for(device).top_k_head_mean(view, k_eff, static_cast<std::int32_t*>(result.indices.mutable_data()),
-                                      static_cast<float*>(result.weights.mutable_data()), {});
+                                      static_cast<float*>(result.weights.mutable_data()), stream);
   return result;
 }
 
-// Head means of `view` into a new F32 tensor of `shape` (n_rows * n_cols elements).
-Tensor run_head_mean(const Tensor& pattern, const HeadMeanView& view, Shape shape) {
-  Tensor out = Tensor::empty(std::move(shape), DType::F32, pattern.device());
-  backend_for(pattern.device()).head_mean(view, static_cast<float*>(out.mutable_data()), {});
+// Head means of `view` into a new F32 tensor of `shape` (n_rows * n_cols elements) on `stream`.
+Tensor run_head_mean(const Tensor& pattern, const HeadMeanView& view, Shape shape, Stream stream) {
+  Tensor out = Tensor::empty(std::move(shape), DType::F32, pattern.device(), stream);
+  backend_for(pattern.device()).head_mean(view, static_cast<float*>(out.mutable_data()), stream);
   return out;
 }
 
 }  // namespace
 
-AttentionCache AttentionCache::with_capacity(std::size_t n_layers) {
-  AttentionCache cache;
+AttentionCache AttentionCache::with_capacity(std::size_t n_layers, Stream stream) {
+  AttentionCache cache(stream);
   cache.patterns_.reserve(n_layers);
   return cache;
 }
@@ -121,7 +121,7 @@ Tensor AttentionCache::attention_from_position_tensor(std::size_t layer, std::si
                                                       const HeadSelection& selection) const {
   const Tensor& pattern = layer_or_throw(layer);
   const HeadMeanView view = query_row_view(pattern, position, selection);
-  return run_head_mean(pattern, view, {view.n_cols});
+  return run_head_mean(pattern, view, {view.n_cols}, stream_);
 }
 
 Tensor AttentionCache::attention_to_position_tensor(std::size_t layer, std::size_t position,
@@ -133,7 +133,7 @@ Tensor AttentionCache::attention_to_position_tensor(std::size_t layer, std::size
   view.n_cols = view.n_rows;
   view.col_stride = view.row_stride;
   view.n_rows = 1;
-  return run_head_mean(pattern, view, {view.n_cols});
+  return run_head_mean(pattern, view, {view.n_cols}, stream_);
 }
 
 std::vector<float> AttentionCache::attention_from_position(std::size_t layer, std::size_t position,
@@ -151,7 +151,7 @@ TopK AttentionCache::top_attended_tensor(std::size_t layer, std::size_t from_pos
   const Tensor& pattern = layer_or_throw(layer);
   const HeadMeanView view = query_row_view(pattern, from_position, selection);
   require_k(k);
-  return run_top_k(pattern, view, k);
+  return run_top_k(pattern, view, k, stream_);
 }
 
 std::vector<std::pair<std::size_t, float>> AttentionCache::top_attended_positions(
@@ -173,14 +173,14 @@ std::vector<std::pair<std::size_t, float>> AttentionCache::top_attended_position
 Tensor AttentionCache::head_mean(std::size_t layer, const HeadSelection& selection) const {
   const Tensor& pattern = layer_or_throw(layer);
   const HeadMeanView view = pattern_view(pattern, selection);
-  return run_head_mean(pattern, view, {view.n_rows, view.n_cols});
+  return run_head_mean(pattern, view, {view.n_rows, view.n_cols}, stream_);
 }
 
 Tensor AttentionCache::attention_received(std::size_t layer, const HeadSelection& selection) const {
   const Tensor& pattern = layer_or_throw(layer);
   const HeadMeanView view = pattern_view(pattern, selection);
-  Tensor out = Tensor::empty({view.n_cols}, DType::F32, pattern.device());
-  backend_for(pattern.device()).head_mean_column_sums(view, static_cast<float*>(out.mutable_data()), {});
+  Tensor out = Tensor::empty({view.n_cols}, DType::F32, pattern.device(), stream_);
+  backend_for(pattern.device()).head_mean_column_sums(view, static_cast<float*>(out.mutable_data()), stream_);
   return out;
 }
 
@@ -188,7 +188,7 @@ TopK AttentionCache::top_attended_all(std::size_t layer, std::size_t k, const He
   const Tensor& pattern = layer_or_throw(layer);
   const HeadMeanView view = pattern_view(pattern, selection);
   require_k(k);
-  return run_top_k(pattern, view, k);
+  return run_top_k(pattern, view, k, stream_);
 }
 
 }  // namespace micache

@@ -52,8 +52,8 @@ std::size_t count_layers(const SafetensorsReader& file, const char* suffix) {
 }
 
 // Reads a float tensor: a file that names an I32 or U8 tensor where a float one belongs is malformed.
-Tensor read_float(const SafetensorsReader& file, const std::string& name, Device device) {
-  Tensor tensor = file.read(name, device);
+Tensor read_float(const SafetensorsReader& file, const std::string& name, Device device, Stream stream) {
+  Tensor tensor = file.read(name, device, stream);
   if (!is_float_dtype(tensor.dtype())) {
     fail(file,
          fmt::format("tensor '{}' is {}, a float dtype (F32, F16, BF16) is needed", name, dtype_name(tensor.dtype())));
@@ -68,13 +68,15 @@ void save_layers(const std::vector<Tensor>& layers, const char* suffix, const ch
   writer.write(path);
 }
 
-template <class Cache>
-Cache load_layers(const std::string& path, Device device, const char* suffix, const char* kind) {
+// Pushes the file's layers, allocated on `stream`, into `make(layer count)`.
+template <class Make>
+auto load_layers(const std::string& path, Device device, Stream stream, const char* suffix, const char* kind,
+                 Make make) {
   const SafetensorsReader file(path);
   check_kind(file, kind);
   const std::size_t n = count_layers(file, suffix);
-  Cache cache = Cache::with_capacity(n);
-  for (std::size_t i = 0; i < n; ++i) cache.push(read_float(file, layer_name(i, suffix), device));
+  auto cache = make(n);
+  for (std::size_t i = 0; i < n; ++i) cache.push(read_float(file, layer_name(i, suffix), device, stream));
   return cache;
 }
 
@@ -183,7 +185,8 @@ void read_records(const SafetensorsReader& file, CompressedHeads& heads) {
   };
   check(keys, "key_records", heads.key_record_bytes());
   check(values, "value_records", heads.value_record_bytes());
-  heads.assign_records(file.read("key_records", heads.device()), file.read("value_records", heads.device()));
+  heads.assign_records(file.read("key_records", heads.device(), heads.stream()),
+                       file.read("value_records", heads.device(), heads.stream()));
 }
 
 }  // namespace
@@ -192,24 +195,26 @@ void AttentionCache::save(const std::string& path) const {
   save_layers(patterns_, "attn.hook_pattern", "AttentionCache", path);
 }
 
-AttentionCache AttentionCache::load(const std::string& path, Device device) {
-  return load_layers<AttentionCache>(path, device, "attn.hook_pattern", "AttentionCache");
+AttentionCache AttentionCache::load(const std::string& path, Device device, Stream stream) {
+  return load_layers(path, device, stream, "attn.hook_pattern", "AttentionCache",
+                     [&](std::size_t n) { return AttentionCache::with_capacity(n, stream); });
 }
 
 void ActivationCache::save(const std::string& path) const {
   save_layers(activations_, "hook_resid_post", "ActivationCache", path);
 }
 
-ActivationCache ActivationCache::load(const std::string& path, Device device) {
-  return load_layers<ActivationCache>(path, device, "hook_resid_post", "ActivationCache");
+ActivationCache ActivationCache::load(const std::string& path, Device device, Stream stream) {
+  return load_layers(path, device, stream, "hook_resid_post", "ActivationCache", &ActivationCache::with_capacity);
 }
 
 void FullActivationCache::save(const std::string& path) const {
   save_layers(activations_, "hook_resid_post", "FullActivationCache", path);
 }
 
-FullActivationCache FullActivationCache::load(const std::string& path, Device device) {
-  return load_layers<FullActivationCache>(path, device, "hook_resid_post", "FullActivationCache");
+FullActivationCache FullActivationCache::load(const std::string& path, Device device, Stream stream) {
+  return load_layers(path, device, stream, "hook_resid_post", "FullActivationCache",
+                     [&](std::size_t n) { return FullActivationCache::with_capacity(n, stream); });
 }
 
 void KVCache::save(const std::string& path) const {
@@ -230,7 +235,7 @@ void KVCache::save(const std::string& path) const {
   writer.write(path);
 }
 
-KVCache KVCache::load(const std::string& path, Device device) {
+KVCache KVCache::load(const std::string& path, Device device, Stream stream) {
   const SafetensorsReader file(path);
   check_kind(file, "KVCache");
   const std::optional<std::uint64_t> saved_layers = metadata_size(file, "micache.n_layers");
@@ -245,12 +250,12 @@ KVCache KVCache::load(const std::string& path, Device device) {
       fail(file, fmt::format("micache.next_positions must be an array of {} integers", n));
     }
   }
-  KVCache cache(n);
+  KVCache cache(n, stream);
   for (std::size_t i = 0; i < n; ++i) {
     const std::string k = layer_name(i, "attn.k_cache");
     const std::string v = layer_name(i, "attn.v_cache");
     if (!file.contains(k) && !file.contains(v)) continue;
-    cache.set_layer(i, read_float(file, k, device), read_float(file, v, device));
+    cache.set_layer(i, read_float(file, k, device, stream), read_float(file, v, device, stream));
     const std::size_t length = cache.layers_[i].length;
     std::vector<std::size_t> kept(length);
     for (std::size_t t = 0; t < length; ++t) kept[t] = t;
@@ -294,19 +299,19 @@ void CompressedCacheBase::save_with(const std::string& path, const char* kind,
   writer.write(path);
 }
 
-KvCacheCompressor KvCacheCompressor::load(const std::string& path, Device device) {
+KvCacheCompressor KvCacheCompressor::load(const std::string& path, Device device, Stream stream) {
   const SafetensorsReader file(path);
   const auto [config, heads] = compressed_header(file, "KvCacheCompressor");
   if (heads != 1) fail(file, fmt::format("micache.num_heads is {}, a KvCacheCompressor has 1", heads));
-  KvCacheCompressor cache(config, device);
+  KvCacheCompressor cache(config, device, stream);
   read_records(file, cache.heads_);
   return cache;
 }
 
-MultiHeadKvCache MultiHeadKvCache::load(const std::string& path, Device device) {
+MultiHeadKvCache MultiHeadKvCache::load(const std::string& path, Device device, Stream stream) {
   const SafetensorsReader file(path);
   const auto [config, heads] = compressed_header(file, "MultiHeadKvCache");
-  MultiHeadKvCache cache(heads, config, device);
+  MultiHeadKvCache cache(heads, config, device, stream);
   read_records(file, cache.heads_);
   return cache;
 }
@@ -315,10 +320,10 @@ void GqaKvCache::save(const std::string& path) const {
   save_with(path, kind_, {{"micache.num_query_heads", std::to_string(num_query_heads())}});
 }
 
-GqaKvCache GqaKvCache::load(const std::string& path, Device device) {
+GqaKvCache GqaKvCache::load(const std::string& path, Device device, Stream stream) {
   const SafetensorsReader file(path);
   const auto [config, heads] = compressed_header(file, "GqaKvCache");
-  GqaKvCache cache(heads, query_heads_of(file, heads), config, device);
+  GqaKvCache cache(heads, query_heads_of(file, heads), config, device, stream);
   read_records(file, cache.heads_);
   return cache;
 }
@@ -330,14 +335,14 @@ void SlidingWindowKvCache::save(const std::string& path) const {
                     {"micache.total_tokens_seen", std::to_string(total_tokens_seen_)}});
 }
 
-SlidingWindowKvCache SlidingWindowKvCache::load(const std::string& path, Device device) {
+SlidingWindowKvCache SlidingWindowKvCache::load(const std::string& path, Device device, Stream stream) {
   const SafetensorsReader file(path);
   const auto [config, heads] = compressed_header(file, "SlidingWindowKvCache");
   const std::size_t query_heads = query_heads_of(file, heads);
   const std::uint64_t window = required_size(file, "micache.window_size");
   const std::uint64_t seen = required_size(file, "micache.total_tokens_seen");
   if (window == 0) fail(file, "micache.window_size is 0");
-  SlidingWindowKvCache cache(heads, query_heads, static_cast<std::size_t>(window), config, device);
+  SlidingWindowKvCache cache(heads, query_heads, static_cast<std::size_t>(window), config, device, stream);
   read_records(file, cache.cache_.heads());
   if (cache.window_len() > window || seen < cache.window_len()) {
     fail(file, fmt::format("{} tokens held, window {}, {} seen", cache.window_len(), window, seen));

@@ -36,7 +36,8 @@ struct KindTables {
   }
 };
 
-KindTables make_tables(std::size_t heads, const KvCacheConfig& config, unsigned bits, bool keys, Device device) {
+KindTables make_tables(std::size_t heads, const KvCacheConfig& config, unsigned bits, bool keys, Device device,
+                       Stream stream) {
   std::vector<std::int32_t> signs;
   std::vector<float> projections;
   KindTables tables;
@@ -51,15 +52,15 @@ KindTables make_tables(std::size_t heads, const KvCacheConfig& config, unsigned 
       tables.sign_words = quantizer.rotation_signs().size();
       tables.inv_alpha = quantizer.inv_alpha();
       tables.centroids = Tensor::from_host(quantizer.codebook().centroids, {quantizer.codebook().centroids.size()},
-                                           DType::F32, device);
+                                           DType::F32, device, stream);
       tables.boundaries = Tensor::from_host(quantizer.codebook().boundaries, {quantizer.codebook().boundaries.size()},
-                                            DType::F32, device);
+                                            DType::F32, device, stream);
     }
   }
-  tables.signs = Tensor::from_host_i32(signs, {heads, tables.sign_words}, device);
+  tables.signs = Tensor::from_host_i32(signs, {heads, tables.sign_words}, device, stream);
   if (keys) {
-    tables.projections =
-        Tensor::from_host(projections, {heads, config.projections, tables.layout.padded_dim}, DType::F32, device);
+    tables.projections = Tensor::from_host(projections, {heads, config.projections, tables.layout.padded_dim},
+                                           DType::F32, device, stream);
   }
   return tables;
 }
@@ -114,16 +115,16 @@ struct CompressedHeads::Tables {
   KindTables values;
 };
 
-CompressedHeads::CompressedHeads(std::size_t num_heads, const KvCacheConfig& config, Device device)
-    : num_heads_(num_heads), config_(config), device_(device) {
+CompressedHeads::CompressedHeads(std::size_t num_heads, const KvCacheConfig& config, Device device, Stream stream)
+    : num_heads_(num_heads), config_(config), device_(device), stream_(stream) {
   if (num_heads == 0) throw Error(ErrorCode::EmptyInput, "empty input: num_heads must be > 0");
   config.validate();
   backend_for(device);  // fails early for an unusable device
   try {
     auto tables = std::make_shared<Tables>();
-    tables->keys = make_tables(num_heads, config, config.bits, true, device);
-    tables->values =
-        make_tables(num_heads, config, config.value_bits != 0 ? config.value_bits : config.bits, false, device);
+    tables->keys = make_tables(num_heads, config, config.bits, true, device, stream);
+    tables->values = make_tables(num_heads, config, config.value_bits != 0 ? config.value_bits : config.bits, false,
+                                 device, stream);
     tables_ = std::move(tables);
   } catch (const std::bad_alloc&) {
     throw Error(ErrorCode::OutOfMemory,
@@ -160,7 +161,7 @@ Tensor CompressedHeads::upload(const std::vector<std::vector<float>>& vectors) c
   std::vector<float> flat;
   flat.reserve(vectors.size() * config_.head_dim);
   for (const std::vector<float>& v : vectors) flat.insert(flat.end(), v.begin(), v.end());
-  return Tensor::from_host(flat, {vectors.size(), config_.head_dim}, DType::F32, device_);
+  return Tensor::from_host(flat, {vectors.size(), config_.head_dim}, DType::F32, device_, stream_);
 }
 
 void CompressedHeads::push_token(const std::vector<std::vector<float>>& keys,
@@ -195,7 +196,7 @@ void CompressedHeads::push(const Tensor& keys, const Tensor& values) {
   }
   const std::size_t tokens = keys.rank() == 3 ? keys.dim(1) : 1;
   for (const auto& [tensor, what] : {std::pair{&keys, "keys"}, std::pair{&values, "values"}}) {
-    const std::size_t bad = backend.find_non_finite(tensor->data(), tensor->dtype(), tensor->numel(), {});
+    const std::size_t bad = backend.find_non_finite(tensor->data(), tensor->dtype(), tensor->numel(), stream_);
     if (bad != tensor->numel()) {
       const std::size_t per_head = tokens * config_.head_dim;
       throw Error(
@@ -209,8 +210,9 @@ void CompressedHeads::push(const Tensor& keys, const Tensor& values) {
 
 // New rings of `capacity` tokens (>= len) holding the current tokens from slot 0.
 std::pair<Tensor, Tensor> CompressedHeads::resized_rings(std::size_t capacity) const {
-  std::pair<Tensor, Tensor> next{Tensor::empty({num_heads_, capacity, key_record_bytes()}, DType::U8, device_),
-                                 Tensor::empty({num_heads_, capacity, value_record_bytes()}, DType::U8, device_)};
+  std::pair<Tensor, Tensor> next{
+      Tensor::empty({num_heads_, capacity, key_record_bytes()}, DType::U8, device_, stream_),
+      Tensor::empty({num_heads_, capacity, value_record_bytes()}, DType::U8, device_, stream_)};
   if (length_ != 0) {
     detail::copy_ring(key_records_, next.first, {.src_start = start_, .tokens = length_});
     detail::copy_ring(value_records_, next.second, {.src_start = start_, .tokens = length_});
@@ -241,7 +243,7 @@ void CompressedHeads::append_encoded(const Tensor& keys, const Tensor& values, s
     encode.dtype = input->dtype();
     encode.head_stride = tokens * config_.head_dim;
     encode.token_stride = config_.head_dim;
-    backend_for(device_).encode_records(encode, {});
+    backend_for(device_).encode_records(encode, stream_);
   }
   key_records_ = std::move(next.first);
   value_records_ = std::move(next.second);
@@ -275,7 +277,8 @@ void CompressedHeads::validate_queries(const Tensor& queries, std::size_t group_
   if (queries.dim(1) != config_.head_dim) {
     throw Error(ErrorCode::DimensionMismatch, mismatch_message(config_.head_dim, queries.dim(1), "queries: head_dim"));
   }
-  const std::size_t bad = backend_for(device_).find_non_finite(queries.data(), queries.dtype(), queries.numel(), {});
+  const std::size_t bad =
+      backend_for(device_).find_non_finite(queries.data(), queries.dtype(), queries.numel(), stream_);
   if (bad != queries.numel()) {
     throw Error(ErrorCode::NonFiniteInput,
                 non_finite_message(bad % config_.head_dim, fmt::format("query of head {}", bad / config_.head_dim)));
@@ -298,16 +301,16 @@ RecordQuery CompressedHeads::query_of(const Tensor& queries, std::size_t group_s
 
 // Scores of validated queries: F32 [query_heads, len].
 Tensor CompressedHeads::run_scores(const RecordQuery& query) const {
-  Tensor out = Tensor::empty({query.query_heads, length_}, DType::F32, device_);
-  if (length_ != 0) backend_for(device_).score_records(query, static_cast<float*>(out.mutable_data()), {});
+  Tensor out = Tensor::empty({query.query_heads, length_}, DType::F32, device_, stream_);
+  if (length_ != 0) backend_for(device_).score_records(query, static_cast<float*>(out.mutable_data()), stream_);
   return out;
 }
 
 // Attention outputs of validated queries: F32 [query_heads, head_dim].
 Tensor CompressedHeads::run_attention(const RecordQuery& query) const {
   if (length_ == 0) throw Error(ErrorCode::EmptyInput, "empty input: attention over an empty cache");
-  Tensor out = Tensor::empty({query.query_heads, config_.head_dim}, DType::F32, device_);
-  backend_for(device_).attend_records(query, value_ring(), static_cast<float*>(out.mutable_data()), {});
+  Tensor out = Tensor::empty({query.query_heads, config_.head_dim}, DType::F32, device_, stream_);
+  backend_for(device_).attend_records(query, value_ring(), static_cast<float*>(out.mutable_data()), stream_);
   return out;
 }
 
@@ -349,8 +352,10 @@ std::vector<float> CompressedHeads::head_scores(std::size_t head, const std::vec
 }
 
 Tensor CompressedHeads::decoded(const RecordRing& ring) const {
-  Tensor out = Tensor::empty({ring.heads, length_, config_.head_dim}, DType::F32, device_);
-  if (length_ != 0) backend_for(device_).decode_records(ring, length_, static_cast<float*>(out.mutable_data()), {});
+  Tensor out = Tensor::empty({ring.heads, length_, config_.head_dim}, DType::F32, device_, stream_);
+  if (length_ != 0) {
+    backend_for(device_).decode_records(ring, length_, static_cast<float*>(out.mutable_data()), stream_);
+  }
   return out;
 }
 
@@ -374,8 +379,8 @@ Tensor CompressedHeads::decode_values(std::size_t head) const {
 
 std::pair<Tensor, Tensor> CompressedHeads::records() const {
   if (length_ == 0) {
-    return {Tensor::empty({num_heads_, 0, key_record_bytes()}, DType::U8, device_),
-            Tensor::empty({num_heads_, 0, value_record_bytes()}, DType::U8, device_)};
+    return {Tensor::empty({num_heads_, 0, key_record_bytes()}, DType::U8, device_, stream_),
+            Tensor::empty({num_heads_, 0, value_record_bytes()}, DType::U8, device_, stream_)};
   }
   return resized_rings(length_);
 }
@@ -401,8 +406,8 @@ void CompressedHeads::assign_records(const Tensor& key_records, const Tensor& va
     clear();
     return;
   }
-  Tensor keys = key_records.to(device_);
-  Tensor values = value_records.to(device_);
+  Tensor keys = key_records.to(device_, stream_);
+  Tensor values = value_records.to(device_, stream_);
   key_records_ = std::move(keys);
   value_records_ = std::move(values);
   start_ = 0;

@@ -41,13 +41,14 @@ std::vector<std::vector<float>> KvHeadView::decode_values() const {
 }
 
 GqaKvCache::GqaKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, const KvCacheConfig& config,
-                       Device device)
-    : CompressedCacheBase(validated_kv_heads(num_kv_heads, num_query_heads), config, device, "GqaKvCache"),
+                       Device device, Stream stream)
+    : CompressedCacheBase(validated_kv_heads(num_kv_heads, num_query_heads), config, device, stream, "GqaKvCache"),
       group_size_(num_query_heads / num_kv_heads) {}
 
 SlidingWindowKvCache::SlidingWindowKvCache(std::size_t num_kv_heads, std::size_t num_query_heads,
-                                           std::size_t window_size, const KvCacheConfig& config, Device device)
-    : window_size_(positive_window(window_size)), cache_(num_kv_heads, num_query_heads, config, device) {}
+                                           std::size_t window_size, const KvCacheConfig& config, Device device,
+                                           Stream stream)
+    : window_size_(positive_window(window_size)), cache_(num_kv_heads, num_query_heads, config, device, stream) {}
 
 void SlidingWindowKvCache::push_token(const std::vector<std::vector<float>>& keys,
                                       const std::vector<std::vector<float>>& values) {

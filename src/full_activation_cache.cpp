@@ -7,8 +7,8 @@
 
 namespace micache {
 
-FullActivationCache FullActivationCache::with_capacity(std::size_t n_layers) {
-  FullActivationCache cache;
+FullActivationCache FullActivationCache::with_capacity(std::size_t n_layers, Stream stream) {
+  FullActivationCache cache(stream);
   cache.activations_.reserve(n_layers);
   return cache;
 }
@@ -65,12 +65,12 @@ Tensor FullActivationCache::stack_position(std::size_t position) const {
   const Tensor& first = activations_.front();
   const std::size_t d_model = first.dim(1);
   const std::size_t row_bytes = d_model * dtype_size(first.dtype());
-  Tensor out = Tensor::empty({activations_.size(), d_model}, first.dtype(), first.device());
+  Tensor out = Tensor::empty({activations_.size(), d_model}, first.dtype(), first.device(), stream_);
   Backend& backend = backend_for(first.device());
   auto* dst = static_cast<std::byte*>(out.mutable_data());
   for (std::size_t layer = 0; layer < activations_.size(); ++layer) {
     const auto* src = static_cast<const std::byte*>(activations_[layer].data()) + position * row_bytes;
-    backend.copy_device_to_device(dst + layer * row_bytes, src, row_bytes, {});
+    backend.copy_device_to_device(dst + layer * row_bytes, src, row_bytes, stream_);
   }
   return out;
 }

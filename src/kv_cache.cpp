@@ -76,8 +76,9 @@ std::vector<Run> drop_front_runs(const std::vector<Run>& runs, std::size_t count
   return out;
 }
 
-Tensor ring_buffer(const Tensor& like, std::size_t capacity) {
-  return Tensor::empty({like.dim(0), like.dim(1), capacity, like.dim(3)}, like.dtype(), like.device());
+// A new [batch, kv_heads, capacity, head_dim] buffer shaped as `like`, allocated on `stream`.
+Tensor ring_buffer(const Tensor& like, std::size_t capacity, Stream stream) {
+  return Tensor::empty({like.dim(0), like.dim(1), capacity, like.dim(3)}, like.dtype(), like.device(), stream);
 }
 
 void validate_pair(const Tensor& keys, const Tensor& values, const char* what) {
@@ -104,7 +105,7 @@ void validate_pair(const Tensor& keys, const Tensor& values, const char* what) {
 
 }  // namespace
 
-KVCache::KVCache(std::size_t n_layers) : layers_(n_layers) {}
+KVCache::KVCache(std::size_t n_layers, Stream stream) : layers_(n_layers), stream_(stream) {}
 
 KVCache::Layer& KVCache::layer_or_throw(std::size_t layer) {
   return const_cast<Layer&>(std::as_const(*this).layer_or_throw(layer));
@@ -161,8 +162,8 @@ void KVCache::set_layer(std::size_t layer, const Tensor& keys, const Tensor& val
   validate_pair(keys, values, "set_layer");
   validate_geometry(keys, layer);
   Layer next;
-  next.keys = ring_buffer(keys, keys.dim(2));
-  next.values = ring_buffer(values, values.dim(2));
+  next.keys = ring_buffer(keys, keys.dim(2), stream_);
+  next.values = ring_buffer(values, values.dim(2), stream_);
   next.length = keys.dim(2);
   next.runs = {{0, next.length}};
   next.next_position = next.length;
@@ -170,10 +171,10 @@ void KVCache::set_layer(std::size_t layer, const Tensor& keys, const Tensor& val
   layers_[layer] = std::move(next);
 }
 
-KVCache::Layer KVCache::resized(const Layer& layer, std::size_t capacity) {
+KVCache::Layer KVCache::resized(const Layer& layer, std::size_t capacity) const {
   Layer next = layer;
-  next.keys = ring_buffer(layer.keys, capacity);
-  next.values = ring_buffer(layer.values, capacity);
+  next.keys = ring_buffer(layer.keys, capacity, stream_);
+  next.values = ring_buffer(layer.values, capacity, stream_);
   next.start = 0;
   copy_kv(layer.keys, layer.values, next.keys, next.values, {.src_start = layer.start, .tokens = layer.length});
   return next;
@@ -202,8 +203,8 @@ void KVCache::append(std::size_t layer_index, const Tensor& new_keys, const Tens
   const std::size_t needed = layer.length + added;
   Layer next;
   if (!layer.populated()) {
-    next.keys = ring_buffer(new_keys, std::max(needed, kMinCapacity));
-    next.values = ring_buffer(new_values, std::max(needed, kMinCapacity));
+    next.keys = ring_buffer(new_keys, std::max(needed, kMinCapacity), stream_);
+    next.values = ring_buffer(new_values, std::max(needed, kMinCapacity), stream_);
   } else if (needed > layer.capacity()) {
     next = resized(layer, std::max({needed, 2 * layer.capacity(), kMinCapacity}));
   } else {
@@ -237,7 +238,8 @@ Tensor KVCache::dense(const Layer& layer, const Tensor& ring) const {
   if (layer.start == 0 && layer.length == layer.capacity()) {
     return ring;
   }
-  Tensor out = Tensor::empty({ring.dim(0), ring.dim(1), layer.length, ring.dim(3)}, ring.dtype(), ring.device());
+  Tensor out = Tensor::empty({ring.dim(0), ring.dim(1), layer.length, ring.dim(3)}, ring.dtype(), ring.device(),
+                             stream_);
   copy_ring(ring, out, {.src_start = layer.start, .tokens = layer.length});
   return out;
 }
@@ -327,8 +329,8 @@ bool KVCache::evict_to_window(std::size_t sinks, std::size_t window) {
   for (Layer& layer : next) {
     if (!layer.populated()) continue;
     Layer compact = layer;
-    compact.keys = ring_buffer(layer.keys, layer.capacity());
-    compact.values = ring_buffer(layer.values, layer.capacity());
+    compact.keys = ring_buffer(layer.keys, layer.capacity(), stream_);
+    compact.values = ring_buffer(layer.values, layer.capacity(), stream_);
     compact.start = 0;
     compact.length = sinks + window;
     const std::size_t window_start = (layer.start + length - window) % layer.capacity();
@@ -359,10 +361,10 @@ std::vector<std::vector<std::int32_t>> KVCache::heavy_hitter_indices(const Tenso
     view.n_rows = rows;
     view.row_stride = length;
     view.n_cols = length - window;
-    Tensor indices = Tensor::empty({rows, heavy}, DType::I32, device);
-    Tensor weights = Tensor::empty({rows, heavy}, DType::F32, device);
+    Tensor indices = Tensor::empty({rows, heavy}, DType::I32, device, stream_);
+    Tensor weights = Tensor::empty({rows, heavy}, DType::F32, device, stream_);
     backend_for(device).top_k_head_mean(view, heavy, static_cast<std::int32_t*>(indices.mutable_data()),
-                                        static_cast<float*>(weights.mutable_data()), {});
+                                        static_cast<float*>(weights.mutable_data()), stream_);
     top = indices.to_host_i32();
   }
   std::vector<std::vector<std::int32_t>> kept(layers_.size());
@@ -413,10 +415,10 @@ bool KVCache::evict_heavy_hitters(const Tensor& scores, std::size_t heavy, std::
   for (std::size_t l = 0; l < next.size(); ++l) {
     Layer& layer = next[l];
     if (!layer.populated()) continue;
-    const Tensor list = Tensor::from_host_i32(kept[l], {kept[l].size()}, device);
+    const Tensor list = Tensor::from_host_i32(kept[l], {kept[l].size()}, device, stream_);
     Layer compact = layer;
-    compact.keys = ring_buffer(layer.keys, layer.capacity());
-    compact.values = ring_buffer(layer.values, layer.capacity());
+    compact.keys = ring_buffer(layer.keys, layer.capacity(), stream_);
+    compact.values = ring_buffer(layer.values, layer.capacity(), stream_);
     compact.start = 0;
     compact.length = kept[l].size();
     copy_kv(layer.keys, layer.values, compact.keys, compact.values,

@@ -21,7 +21,8 @@ struct RingCopy {
 
 /// Copies between ring tensors `[..., capacity, token]` whose leading axes
 /// (the planes) and last axis agree: `count` buffer pairs in one backend
-/// launch (see TokenCopy). The capacity is the second-to-last axis.
+/// launch (see TokenCopy) on the destination's stream. The capacity is the
+/// second-to-last axis.
 inline void copy_rings(const Tensor* const* src, Tensor* const* dst, std::size_t count, const RingCopy& what) {
   const Tensor& first = *src[0];
   if (what.tokens == 0 || first.numel() == 0 || dst[0]->numel() == 0) return;  // nothing to move
@@ -40,7 +41,7 @@ inline void copy_rings(const Tensor* const* src, Tensor* const* dst, std::size_t
   copy.tokens = what.tokens;
   copy.token_bytes = first.dim(axis + 1) * dtype_size(first.dtype());
   copy.src_tokens = what.src_tokens;
-  backend_for(dst[0]->device()).copy_tokens(copy, {});
+  backend_for(dst[0]->device()).copy_tokens(copy, dst[0]->stream());
 }
 
 /// One buffer pair.

@@ -203,14 +203,14 @@ std::vector<std::byte> SafetensorsReader::read_bytes(const SafetensorsEntry& ent
   return bytes;
 }
 
-Tensor SafetensorsReader::read(const std::string& name, Device device) const {
+Tensor SafetensorsReader::read(const std::string& name, Device device, Stream stream) const {
   const SafetensorsEntry& e = entry(name);
   const std::optional<DType> dtype = tensor_dtype(e.dtype);
   if (!dtype) {
     fail(path_, fmt::format("tensor '{}' has dtype {}; micache tensors hold F32, F16, BF16, I32 or U8", name, e.dtype));
   }
   const std::vector<std::byte> bytes = read_bytes(e);
-  return Tensor::from_host_bytes(bytes, Shape(e.shape), *dtype, device);
+  return Tensor::from_host_bytes(bytes, Shape(e.shape), *dtype, device, stream);
 }
 
 std::vector<std::int64_t> SafetensorsReader::read_i64(const std::string& name) const {

@@ -9,12 +9,13 @@
 
 namespace micache::detail {
 
-/// Owns `bytes` at `ptr` on `device`: returned to `backend` on destruction,
-/// or handed to `release` when the memory was wrapped from the caller.
+/// Owns `bytes` at `ptr` on `device`, allocated on `stream`: returned to
+/// `backend` on that stream on destruction, or handed to `release` when the
+/// memory was wrapped from the caller.
 struct Storage {
-  Storage(Backend& owner, std::size_t size);
-  Storage(void* data, Device where, std::function<void()> on_release) noexcept
-      : ptr(data), device(where), release(std::move(on_release)) {}
+  Storage(Backend& owner, std::size_t size, Stream on);
+  Storage(void* data, Device where, std::function<void()> on_release, Stream on) noexcept
+      : ptr(data), device(where), stream(on), release(std::move(on_release)) {}
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
   ~Storage();
@@ -22,6 +23,7 @@ struct Storage {
   void* ptr = nullptr;
   std::size_t bytes = 0;
   Device device;
+  Stream stream;
   Backend* backend = nullptr;
   std::function<void()> release;
 };

@@ -13,12 +13,12 @@
 namespace micache {
 namespace detail {
 
-Storage::Storage(Backend& owner, std::size_t size)
-    : ptr(owner.allocate(size)), bytes(size), device(owner.device()), backend(&owner) {}
+Storage::Storage(Backend& owner, std::size_t size, Stream on)
+    : ptr(owner.allocate(size, on)), bytes(size), device(owner.device()), stream(on), backend(&owner) {}
 
 Storage::~Storage() {
   if (backend != nullptr) {
-    backend->deallocate(ptr, bytes);
+    backend->deallocate(ptr, bytes, stream);
   } else if (release) {
     release();
   }
@@ -57,10 +57,10 @@ void store_from_f32(std::span<const float> values, DType dtype, void* dst) {
   require_float_dtype(dtype, "from_host");
 }
 
-// Fills a new tensor of `shape` on `device` from host bytes produced by `fill`.
+// Fills a new tensor of `shape` on `device` and `stream` from host bytes produced by `fill`.
 template <class Fill>
-Tensor make_from_host(Shape shape, DType dtype, Device device, Fill fill) {
-  Tensor tensor = Tensor::empty(std::move(shape), dtype, device);
+Tensor make_from_host(Shape shape, DType dtype, Device device, Stream stream, Fill fill) {
+  Tensor tensor = Tensor::empty(std::move(shape), dtype, device, stream);
   if (tensor.nbytes() == 0) {
     return tensor;
   }
@@ -69,43 +69,44 @@ Tensor make_from_host(Shape shape, DType dtype, Device device, Fill fill) {
   } else {
     std::vector<std::byte> staging(tensor.nbytes());
     fill(staging.data());
-    backend_for(device).copy_host_to_device(tensor.mutable_data(), staging.data(), staging.size(), {});
+    backend_for(device).copy_host_to_device(tensor.mutable_data(), staging.data(), staging.size(), stream);
   }
   return tensor;
 }
 
 }  // namespace
 
-Tensor Tensor::from_host(std::span<const float> values, Shape shape, DType dtype, Device device) {
+Tensor Tensor::from_host(std::span<const float> values, Shape shape, DType dtype, Device device, Stream stream) {
   require_float_dtype(dtype, "Tensor::from_host");
   if (values.size() != shape.numel()) {
     throw Error(ErrorCode::Shape, fmt::format("from_host: {} values do not fill shape {} ({} elements)",
                                               values.size(), shape.to_string(), shape.numel()));
   }
-  return make_from_host(std::move(shape), dtype, device,
+  return make_from_host(std::move(shape), dtype, device, stream,
                         [&](void* dst) { store_from_f32(values, dtype, dst); });
 }
 
-Tensor Tensor::from_host_i32(std::span<const std::int32_t> values, Shape shape, Device device) {
+Tensor Tensor::from_host_i32(std::span<const std::int32_t> values, Shape shape, Device device, Stream stream) {
   if (values.size() != shape.numel()) {
     throw Error(ErrorCode::Shape, fmt::format("from_host_i32: {} values do not fill shape {} ({} elements)",
                                               values.size(), shape.to_string(), shape.numel()));
   }
-  return make_from_host(std::move(shape), DType::I32, device,
+  return make_from_host(std::move(shape), DType::I32, device, stream,
                         [&](void* dst) { std::memcpy(dst, values.data(), values.size_bytes()); });
 }
 
-Tensor Tensor::from_host_bytes(std::span<const std::byte> bytes, Shape shape, DType dtype, Device device) {
+Tensor Tensor::from_host_bytes(std::span<const std::byte> bytes, Shape shape, DType dtype, Device device,
+                               Stream stream) {
   if (bytes.size() != shape.numel() * dtype_size(dtype)) {
     throw Error(ErrorCode::Shape, fmt::format("from_host_bytes: {} bytes do not fill shape {} of {} ({} bytes)",
                                               bytes.size(), shape.to_string(), dtype_name(dtype),
                                               shape.numel() * dtype_size(dtype)));
   }
-  return make_from_host(std::move(shape), dtype, device,
+  return make_from_host(std::move(shape), dtype, device, stream,
                         [&](void* dst) { std::memcpy(dst, bytes.data(), bytes.size()); });
 }
 
-Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
+Tensor Tensor::empty(Shape shape, DType dtype, Device device, Stream stream) {
   Backend& backend = backend_for(device);
   const auto& dims = shape.dims();
   const bool zero = std::find(dims.begin(), dims.end(), std::size_t{0}) != dims.end();
@@ -118,14 +119,15 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
     }
     bytes *= d;
   }
-  return Tensor(std::make_shared<detail::Storage>(backend, bytes), std::move(shape), dtype, 0);
+  return Tensor(std::make_shared<detail::Storage>(backend, bytes, stream), std::move(shape), dtype, 0);
 }
 
-Tensor Tensor::wrap(void* data, Shape shape, DType dtype, Device device, std::function<void()> release) {
+Tensor Tensor::wrap(void* data, Shape shape, DType dtype, Device device, std::function<void()> release,
+                    Stream stream) {
   if (data == nullptr && shape.numel() != 0) {
     throw Error(ErrorCode::Config, "Tensor::wrap: null data for a non-empty shape");
   }
-  return Tensor(std::make_shared<detail::Storage>(data, device, std::move(release)), std::move(shape),
+  return Tensor(std::make_shared<detail::Storage>(data, device, std::move(release), stream), std::move(shape),
                 dtype, 0);
 }
 
@@ -145,6 +147,11 @@ std::size_t Tensor::dim(std::size_t axis) const {
 Device Tensor::device() const {
   require_defined();
   return storage_->device;
+}
+
+Stream Tensor::stream() const {
+  require_defined();
+  return storage_->stream;
 }
 
 const void* Tensor::data() const {
@@ -219,7 +226,7 @@ void Tensor::copy_to_host(void* dst) const {
   if (storage_->device.is_cpu()) {
     std::memcpy(dst, data(), nbytes());
   } else {
-    backend_for(storage_->device).copy_device_to_host(dst, data(), nbytes(), {});
+    backend_for(storage_->device).copy_device_to_host(dst, data(), nbytes(), storage_->stream);
   }
 }
 
@@ -240,9 +247,9 @@ std::vector<std::byte> Tensor::to_host_bytes() const {
   return out;
 }
 
-Tensor Tensor::to(Device target) const {
+Tensor Tensor::to(Device target, Stream stream) const {
   require_defined();
-  Tensor out = Tensor::empty(shape_, dtype_, target);
+  Tensor out = Tensor::empty(shape_, dtype_, target, stream);
   if (nbytes() == 0) {
     return out;
   }
@@ -250,15 +257,15 @@ Tensor Tensor::to(Device target) const {
   if (source.is_cpu() && target.is_cpu()) {
     std::memcpy(out.mutable_data(), data(), nbytes());
   } else if (source.is_cpu()) {
-    backend_for(target).copy_host_to_device(out.mutable_data(), data(), nbytes(), {});
+    backend_for(target).copy_host_to_device(out.mutable_data(), data(), nbytes(), stream);
   } else if (target.is_cpu()) {
-    backend_for(source).copy_device_to_host(out.mutable_data(), data(), nbytes(), {});
+    copy_to_host(out.mutable_data());
   } else if (source == target) {
-    backend_for(source).copy_device_to_device(out.mutable_data(), data(), nbytes(), {});
+    backend_for(source).copy_device_to_device(out.mutable_data(), data(), nbytes(), stream);
   } else {
     std::vector<std::byte> staging(nbytes());
-    backend_for(source).copy_device_to_host(staging.data(), data(), nbytes(), {});
-    backend_for(target).copy_host_to_device(out.mutable_data(), staging.data(), nbytes(), {});
+    copy_to_host(staging.data());
+    backend_for(target).copy_host_to_device(out.mutable_data(), staging.data(), nbytes(), stream);
   }
   return out;
 }
@@ -267,8 +274,8 @@ Tensor Tensor::to_dtype(DType dtype) const {
   require_defined();
   require_float_dtype(dtype_, "to_dtype (source)");
   require_float_dtype(dtype, "to_dtype (target)");
-  Tensor out = Tensor::empty(shape_, dtype, storage_->device);
-  backend_for(storage_->device).convert(data(), dtype_, out.mutable_data(), dtype, numel(), {});
+  Tensor out = Tensor::empty(shape_, dtype, storage_->device, storage_->stream);
+  backend_for(storage_->device).convert(data(), dtype_, out.mutable_data(), dtype, numel(), storage_->stream);
   return out;
 }
 

@@ -39,9 +39,10 @@ class ActivationCache {
   void save(const std::string& path) const;
 
   /// Reads `blocks.0.hook_resid_post`, `blocks.1...`, up to the first missing
-  /// index, from a file written by `save` or by Python, onto `device`. Errors:
-  /// Io (malformed file, no layer, a file saved by another cache), and those of `push`.
-  static ActivationCache load(const std::string& path, Device device = Device::cpu());
+  /// index, from a file written by `save` or by Python, onto `device`,
+  /// allocated on `stream`. Errors: Io (malformed file, no layer, a file saved
+  /// by another cache), and those of `push`.
+  static ActivationCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
   const std::vector<Tensor>& activations() const noexcept { return activations_; }
 
   /// Every layer flattened and converted to f32 on the host: one copy per layer.

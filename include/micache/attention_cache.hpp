@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "micache/head_selection.hpp"
+#include "micache/stream.hpp"
 #include "micache/tensor.hpp"
 
 namespace micache {
@@ -29,6 +30,11 @@ struct TopK {
 /// index order in f32 and divide by their count, so the CPU and CUDA backends
 /// agree bit for bit.
 ///
+/// Queries run on the cache's stream (given at construction, null by default)
+/// and allocate their results there; a pushed pattern must be ready in that
+/// stream's order. Host results (`std::vector`) are copied back once, after
+/// the stream's work.
+///
 /// Every layer must have the same `[batch, heads, seq_q, seq_k]` (checked by
 /// `push`). Errors are `Error` with code Hook (layer, position, batch or head
 /// out of range; messages as candle-mi: `position 10 out of range (seq_q=4)`),
@@ -39,9 +45,11 @@ struct TopK {
 class AttentionCache {
  public:
   AttentionCache() = default;
+  /// An empty cache whose queries run on `stream`.
+  explicit AttentionCache(Stream stream) noexcept : stream_(stream) {}
 
-  /// An empty cache with room for `n_layers` layers.
-  static AttentionCache with_capacity(std::size_t n_layers);
+  /// An empty cache with room for `n_layers` layers, its queries on `stream`.
+  static AttentionCache with_capacity(std::size_t n_layers, Stream stream = {});
 
   /// Appends the next layer's pattern `[batch, heads, seq_q, seq_k]` (no copy).
   /// Errors: Shape when the rank is not 4, a dimension is 0, or the shape differs
@@ -50,6 +58,8 @@ class AttentionCache {
 
   std::size_t n_layers() const noexcept { return patterns_.size(); }
   bool is_empty() const noexcept { return patterns_.empty(); }
+  /// The stream queries run on.
+  Stream stream() const noexcept { return stream_; }
 
   /// The layer's pattern, or nullptr when `layer >= n_layers()`.
   const Tensor* get_layer(std::size_t layer) const noexcept;
@@ -66,9 +76,10 @@ class AttentionCache {
 
   /// Reads `blocks.0.attn.hook_pattern`, `blocks.1...`, up to the first missing
   /// index, from a file written by `save` or by Python (other tensors are
-  /// ignored) onto `device`. Errors: Io (malformed file, no layer, a file saved
-  /// by another cache, a dtype other than F32/F16/BF16), and those of `push`.
-  static AttentionCache load(const std::string& path, Device device = Device::cpu());
+  /// ignored) onto `device`, allocated on `stream` (also the cache's stream).
+  /// Errors: Io (malformed file, no layer, a file saved by another cache, a
+  /// dtype other than F32/F16/BF16), and those of `push`.
+  static AttentionCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
 
   /// How much query `position` attends to each key, averaged over heads: `[seq_k]`.
   /// Reads heads * seq_k elements. Errors: Hook for layer/position/batch/head.
@@ -122,6 +133,7 @@ class AttentionCache {
   const Tensor& layer_or_throw(std::size_t layer) const;
 
   std::vector<Tensor> patterns_;
+  Stream stream_;
 };
 
 }  // namespace micache

@@ -67,6 +67,17 @@ class Backend {
   /// OutOfMemory, then injection disarms. `n = 0` disarms.
   void fail_allocation_after(std::size_t n) noexcept;
 
+  // ---- streams ---------------------------------------------------------
+
+  /// A new stream of this device (see OwnedStream, which owns one). CUDA: a
+  /// `cudaStream_t` made with default flags, so it is ordered against the
+  /// legacy default stream like every blocking stream. CPU: a checked handle.
+  /// Error: Backend when the device refuses.
+  virtual Stream create_stream() = 0;
+  /// Destroys a stream from `create_stream` once its queued work is done;
+  /// null is ignored. Memory allocated on it must be freed before this.
+  virtual void destroy_stream(Stream stream) noexcept = 0;
+
   // ---- copies (stream-ordered; device-to-host returns once the host data is ready)
 
   virtual void copy_host_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) = 0;

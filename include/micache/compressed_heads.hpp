@@ -48,15 +48,23 @@ namespace micache {
 /// OutOfMemory, the config's errors at construction. A push validates every
 /// head before it writes anything: on error no head changes.
 ///
+/// Stream: tables, records and results are allocated, and every kernel runs,
+/// on the stream given at construction (null by default; it must belong to
+/// `device`). Tensors passed in must be ready in that stream's order. The
+/// finiteness checks of tensor inputs and every host result wait for it.
+///
 /// Thread safety: const members may run concurrently; mutation needs exclusive access.
 class CompressedHeads {
  public:
   /// Errors: EmptyInput (`empty input: num_heads must be > 0`), the config's (KvCacheConfig::validate).
-  CompressedHeads(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu());
+  CompressedHeads(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu(),
+                  Stream stream = {});
 
   std::size_t num_heads() const noexcept { return num_heads_; }
   const KvCacheConfig& config() const noexcept { return config_; }
   Device device() const noexcept { return device_; }
+  /// The stream the store allocates and works on.
+  Stream stream() const noexcept { return stream_; }
   /// Tokens held (every head holds the same number).
   std::size_t len() const noexcept { return length_; }
   bool is_empty() const noexcept { return length_ == 0; }
@@ -150,6 +158,7 @@ class CompressedHeads {
   std::size_t num_heads_;
   KvCacheConfig config_;
   Device device_;
+  Stream stream_;
   std::shared_ptr<const Tables> tables_;
   Tensor key_records_;    // U8 [num_heads, capacity, key_record_bytes], undefined when nothing is held
   Tensor value_records_;  // U8 [num_heads, capacity, value_record_bytes]
@@ -182,8 +191,9 @@ class CompressedCacheBase {
 
  protected:
   /// `kind`: the class name written to files (a string literal).
-  CompressedCacheBase(std::size_t num_heads, const KvCacheConfig& config, Device device, const char* kind)
-      : heads_(num_heads, config, device), kind_(kind) {}
+  CompressedCacheBase(std::size_t num_heads, const KvCacheConfig& config, Device device, Stream stream,
+                      const char* kind)
+      : heads_(num_heads, config, device, stream), kind_(kind) {}
 
   /// `save` under class name `kind`, with the class's `settings` added to the metadata.
   void save_with(const std::string& path, const char* kind, const std::map<std::string, std::string>& settings) const;

@@ -14,6 +14,10 @@ namespace micache {
 /// feature encoding. Unlike candle-mi, `push` checks that every layer has the
 /// same shape, dtype and device, so `seq_len()` describes every layer.
 ///
+/// `stack_position` runs on the cache's stream (given at construction, null by
+/// default) and allocates its result there; pushed tensors must be ready in
+/// that stream's order.
+///
 /// Errors: Hook (`layer 3 not in cache`, `position 10 out of range
 /// (seq_len=10)`, `cache is empty`), Shape, Config. A call that throws changes nothing.
 ///
@@ -21,9 +25,11 @@ namespace micache {
 class FullActivationCache {
  public:
   FullActivationCache() = default;
+  /// An empty cache whose device work runs on `stream`.
+  explicit FullActivationCache(Stream stream) noexcept : stream_(stream) {}
 
-  /// An empty cache with room for `n_layers` layers.
-  static FullActivationCache with_capacity(std::size_t n_layers);
+  /// An empty cache with room for `n_layers` layers, its work on `stream`.
+  static FullActivationCache with_capacity(std::size_t n_layers, Stream stream = {});
 
   /// Appends the next layer, `[seq_len, d_model]` (no copy).
   /// Errors: Shape when the rank is not 2 or the shape differs from layer 0's;
@@ -46,6 +52,8 @@ class FullActivationCache {
   /// Positions per layer. Error: Hook `cache is empty`.
   std::size_t seq_len() const;
   bool is_empty() const noexcept { return activations_.empty(); }
+  /// The stream device work runs on.
+  Stream stream() const noexcept { return stream_; }
 
   /// Writes every layer to the safetensors file `path`: tensor
   /// `blocks.{i}.hook_resid_post` (`[seq_len, d_model]`, stored dtype), metadata `micache.cache` =
@@ -53,12 +61,14 @@ class FullActivationCache {
   void save(const std::string& path) const;
 
   /// Reads `blocks.0.hook_resid_post`, `blocks.1...`, up to the first missing
-  /// index, from a file written by `save` or by Python, onto `device`. Errors:
-  /// Io (malformed file, no layer, a file saved by another cache), and those of `push`.
-  static FullActivationCache load(const std::string& path, Device device = Device::cpu());
+  /// index, from a file written by `save` or by Python, onto `device`,
+  /// allocated on `stream` (also the cache's stream). Errors: Io (malformed
+  /// file, no layer, a file saved by another cache), and those of `push`.
+  static FullActivationCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
 
  private:
   std::vector<Tensor> activations_;
+  Stream stream_;
 };
 
 }  // namespace micache

@@ -18,16 +18,17 @@ class GqaKvCache : public CompressedCacheBase {
   /// Errors: EmptyInput (`empty input: num_kv_heads must be > 0`, then
   /// `... num_query_heads ...`); DimensionMismatch{expected: num_kv_heads,
   /// actual: num_query_heads % num_kv_heads} when the counts do not divide (as
-  /// bitpolar, with the counts named in the message); the config's.
+  /// bitpolar, with the counts named in the message); the config's. The
+  /// cache works on `stream` (see CompressedHeads).
   GqaKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, const KvCacheConfig& config,
-             Device device = Device::cpu());
+             Device device = Device::cpu(), Stream stream = {});
 
   /// Llama 3 8B's grouping (8 kv heads, 32 query heads) and 70B's (8, 64).
-  static GqaKvCache llama3_8b(const KvCacheConfig& config, Device device = Device::cpu()) {
-    return GqaKvCache(8, 32, config, device);
+  static GqaKvCache llama3_8b(const KvCacheConfig& config, Device device = Device::cpu(), Stream stream = {}) {
+    return GqaKvCache(8, 32, config, device, stream);
   }
-  static GqaKvCache llama3_70b(const KvCacheConfig& config, Device device = Device::cpu()) {
-    return GqaKvCache(8, 64, config, device);
+  static GqaKvCache llama3_70b(const KvCacheConfig& config, Device device = Device::cpu(), Stream stream = {}) {
+    return GqaKvCache(8, 64, config, device, stream);
   }
 
   /// Appends one token: num_kv_heads keys and values. Atomic across heads.
@@ -47,8 +48,9 @@ class GqaKvCache : public CompressedCacheBase {
   std::size_t group_size() const noexcept { return group_size_; }
   /// Writes as CompressedCacheBase::save, plus metadata `micache.num_query_heads`.
   void save(const std::string& path) const;
-  /// Reads a file written by `save` onto `device`. Errors: as KvCacheCompressor::load.
-  static GqaKvCache load(const std::string& path, Device device = Device::cpu());
+  /// Reads a file written by `save` onto `device`, into a cache working on
+  /// `stream`. Errors: as KvCacheCompressor::load.
+  static GqaKvCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
   std::optional<KvHeadView> kv_head(std::size_t index) const {
     return index < num_kv_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;
   }
@@ -64,7 +66,7 @@ class SlidingWindowKvCache {
  public:
   /// Errors: EmptyInput (`empty input: window_size must be > 0`), GqaKvCache's.
   SlidingWindowKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, std::size_t window_size,
-                       const KvCacheConfig& config, Device device = Device::cpu());
+                       const KvCacheConfig& config, Device device = Device::cpu(), Stream stream = {});
 
   /// Appends one token, then drops the oldest while more than window_size are held.
   void push_token(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values);
@@ -88,8 +90,9 @@ class SlidingWindowKvCache {
   const GqaKvCache& cache() const noexcept { return cache_; }
   /// Writes as GqaKvCache::save, plus metadata `micache.window_size` and `micache.total_tokens_seen`.
   void save(const std::string& path) const;
-  /// Reads a file written by `save` onto `device`. Errors: as KvCacheCompressor::load.
-  static SlidingWindowKvCache load(const std::string& path, Device device = Device::cpu());
+  /// Reads a file written by `save` onto `device`, into a cache working on
+  /// `stream`. Errors: as KvCacheCompressor::load.
+  static SlidingWindowKvCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
 
  private:
   std::size_t window_size_;

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "micache/stream.hpp"
 #include "micache/tensor.hpp"
 
 namespace micache {
@@ -42,14 +43,24 @@ enum class EvictionPolicy {
 /// original position of the first kept token (0 until something is trimmed),
 /// so a caller that stored keys after RoPE knows which rotation they carry.
 ///
+/// Stream: every buffer and result is allocated, and every copy and kernel
+/// runs, on the cache's stream (given at construction, null by default; it
+/// must belong to the layers' device). Tensors passed in must be ready in that
+/// stream's order and stay alive until it has read them (as with any CUDA
+/// library call); with an OwnedStream and tensors from the default stream this
+/// holds by itself. No call waits for the device but `evict_heavy_hitters`,
+/// which reads the chosen indices back, and `save`.
+///
 /// Thread safety: const queries may run concurrently; mutation needs exclusive access.
 class KVCache {
  public:
-  /// `n_layers` empty layers.
-  explicit KVCache(std::size_t n_layers = 0);
+  /// `n_layers` empty layers whose work runs on `stream`.
+  explicit KVCache(std::size_t n_layers = 0, Stream stream = {});
   static KVCache new_cache(std::size_t n_layers) { return KVCache(n_layers); }
 
   std::size_t n_layers() const noexcept { return layers_.size(); }
+  /// The stream the cache allocates and works on.
+  Stream stream() const noexcept { return stream_; }
   /// Tokens in the first populated layer; 0 when no layer is populated.
   std::size_t seq_len() const noexcept;
   /// True when no layer holds keys.
@@ -155,10 +166,11 @@ class KVCache {
 
   /// Reads a file written by `save`, or by Python with at least
   /// `blocks.{i}.attn.k_cache` and `v_cache` for i = 0, 1, ... (positions then
-  /// default to 0..seq_len-1), onto `device`; capacity is exactly seq_len.
-  /// Errors: Io (malformed file, positions not increasing or not matching
-  /// seq_len, a file saved by another cache), and those of `set_layer`.
-  static KVCache load(const std::string& path, Device device = Device::cpu());
+  /// default to 0..seq_len-1), onto `device` in a cache working on `stream`;
+  /// capacity is exactly seq_len. Errors: Io (malformed file, positions not
+  /// increasing or not matching seq_len, a file saved by another cache), and
+  /// those of `set_layer`.
+  static KVCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
 
  private:
   // Kept tokens' original positions as runs of consecutive positions, oldest first.
@@ -185,7 +197,7 @@ class KVCache {
   void validate_geometry(const Tensor& keys, std::size_t layer) const;
   void restore_positions(std::size_t layer, const std::vector<std::size_t>& positions, std::size_t next_position);
   std::size_t common_length(const char* operation) const;
-  static Layer resized(const Layer& layer, std::size_t capacity);
+  Layer resized(const Layer& layer, std::size_t capacity) const;
   Tensor dense(const Layer& layer, const Tensor& ring) const;
   void drop_oldest(std::size_t keep);
   std::vector<std::vector<std::int32_t>> heavy_hitter_indices(const Tensor& scores, std::size_t length,
@@ -193,6 +205,7 @@ class KVCache {
   static std::vector<Run> runs_of(const Layer& layer, const std::vector<std::int32_t>& kept);
 
   std::vector<Layer> layers_;
+  Stream stream_;
 };
 
 }  // namespace micache

@@ -40,9 +40,10 @@ class KvHeadView {
 /// algorithm, memory and errors; `heads()` gives the device-tensor forms.
 class KvCacheCompressor : public CompressedCacheBase {
  public:
+  /// A cache on `device` working on `stream` (see CompressedHeads).
   /// Errors: the config's (KvCacheConfig::validate).
-  explicit KvCacheCompressor(const KvCacheConfig& config, Device device = Device::cpu())
-      : CompressedCacheBase(1, config, device, "KvCacheCompressor") {}
+  explicit KvCacheCompressor(const KvCacheConfig& config, Device device = Device::cpu(), Stream stream = {})
+      : CompressedCacheBase(1, config, device, stream, "KvCacheCompressor") {}
 
   /// Appends one key and one value (head_dim floats each). Both are checked
   /// before either is stored. Errors: DimensionMismatch, NonFiniteInput.
@@ -58,10 +59,10 @@ class KvCacheCompressor : public CompressedCacheBase {
   std::vector<std::vector<float>> decode_values() const { return view().decode_values(); }
   /// Keeps the last `window` keys and values. O(1).
   void evict_outside_window(std::size_t window) noexcept { heads_.keep_last(window); }
-  /// Reads a file written by `save` (CompressedCacheBase::save) onto `device`.
-  /// Errors: Io (malformed file, a file of another class, a record format or
-  /// size that does not match the config).
-  static KvCacheCompressor load(const std::string& path, Device device = Device::cpu());
+  /// Reads a file written by `save` (CompressedCacheBase::save) onto `device`,
+  /// into a cache working on `stream`. Errors: Io (malformed file, a file of
+  /// another class, a record format or size that does not match the config).
+  static KvCacheCompressor load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
 
  private:
   KvHeadView view() const noexcept { return KvHeadView(heads_, 0); }

@@ -17,6 +17,7 @@
 #include "micache/kv_cache_compressor.hpp"
 #include "micache/kv_cache_config.hpp"
 #include "micache/multi_head_kv_cache.hpp"
+#include "micache/owned_stream.hpp"
 #include "micache/registry.hpp"
 #include "micache/safetensors.hpp"
 #include "micache/shape.hpp"

@@ -20,9 +20,11 @@ namespace micache {
 /// gives head h the seed seed + h). See CompressedHeads for the rest.
 class MultiHeadKvCache : public CompressedCacheBase {
  public:
+  /// A cache on `device` working on `stream` (see CompressedHeads).
   /// Errors: EmptyInput (`empty input: num_heads must be > 0`), the config's.
-  MultiHeadKvCache(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu())
-      : CompressedCacheBase(num_heads, config, device, "MultiHeadKvCache") {}
+  MultiHeadKvCache(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu(),
+                   Stream stream = {})
+      : CompressedCacheBase(num_heads, config, device, stream, "MultiHeadKvCache") {}
 
   /// Appends one token: exactly num_heads keys and num_heads values of head_dim
   /// floats. Errors: DimensionMismatch{expected, actual} naming `keys` or
@@ -39,8 +41,9 @@ class MultiHeadKvCache : public CompressedCacheBase {
     return heads_.attention_outputs(queries);
   }
   std::size_t num_heads() const noexcept { return heads_.num_heads(); }
-  /// Reads a file written by `save` onto `device`. Errors: as KvCacheCompressor::load.
-  static MultiHeadKvCache load(const std::string& path, Device device = Device::cpu());
+  /// Reads a file written by `save` onto `device`, into a cache working on
+  /// `stream`. Errors: as KvCacheCompressor::load.
+  static MultiHeadKvCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
   /// Head `index`, or nothing when out of range.
   std::optional<KvHeadView> head(std::size_t index) const {
     return index < num_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;

@@ -60,10 +60,11 @@ class SafetensorsReader {
   /// The header entry of `name`. Error: Io when the file has no such tensor.
   const SafetensorsEntry& entry(const std::string& name) const;
 
-  /// Reads tensor `name` onto `device`. The file's dtype must be one a Tensor
-  /// holds (F32, F16, BF16, I32, U8). One read of the tensor's bytes, then one
-  /// host-to-device copy. Errors: Io (missing name, other dtype, short read).
-  Tensor read(const std::string& name, Device device = Device::cpu()) const;
+  /// Reads tensor `name` onto `device`, allocated on `stream`. The file's
+  /// dtype must be one a Tensor holds (F32, F16, BF16, I32, U8). One read of
+  /// the tensor's bytes, then one host-to-device copy. Errors: Io (missing
+  /// name, other dtype, short read).
+  Tensor read(const std::string& name, Device device = Device::cpu(), Stream stream = {}) const;
 
   /// Reads an I64 tensor (positions, token ids) as host integers. Error: Io.
   std::vector<std::int64_t> read_i64(const std::string& name) const;

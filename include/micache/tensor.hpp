@@ -11,6 +11,7 @@
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
 #include "micache/shape.hpp"
+#include "micache/stream.hpp"
 
 namespace micache {
 
@@ -26,6 +27,11 @@ struct Storage;
 /// device's Backend (see `Backend::memory_stats`); storage wrapped with `wrap`
 /// belongs to the caller and is not.
 ///
+/// Streams: storage is allocated on a stream (`stream()`, null by default) and
+/// returned to the backend on it when released; copies out of the tensor
+/// (`to_host_*`, `to` the host) run on it and wait for it. A tensor read on
+/// another stream must stay alive until that stream has read it.
+///
 /// Thread safety: const member functions may be called concurrently; the
 /// handle itself is not internally synchronised (as std::shared_ptr).
 class Tensor {
@@ -38,27 +44,29 @@ class Tensor {
   /// Errors: Shape when `values.size() != shape.numel()`; Config when `dtype`
   /// is not a float type; Backend / OutOfMemory from the device.
   static Tensor from_host(std::span<const float> values, Shape shape, DType dtype,
-                          Device device = Device::cpu());
+                          Device device = Device::cpu(), Stream stream = {});
 
   /// Copies I32 `values` to a new I32 tensor. Errors as `from_host`.
   static Tensor from_host_i32(std::span<const std::int32_t> values, Shape shape,
-                              Device device = Device::cpu());
+                              Device device = Device::cpu(), Stream stream = {});
 
   /// Copies raw element bytes (host byte order) to a new tensor of `shape` and
   /// `dtype` on `device`; any dtype. Errors: Shape when `bytes.size()` is not
   /// `shape.numel() * dtype_size(dtype)`; Backend / OutOfMemory from the device.
   static Tensor from_host_bytes(std::span<const std::byte> bytes, Shape shape, DType dtype,
-                                Device device = Device::cpu());
+                                Device device = Device::cpu(), Stream stream = {});
 
-  /// A new tensor whose contents are unspecified. O(1) besides the allocation.
-  /// Error: OutOfMemory when the allocation fails or its byte count overflows size_t.
-  static Tensor empty(Shape shape, DType dtype, Device device = Device::cpu());
+  /// A new tensor whose contents are unspecified, allocated on `stream` (which
+  /// must belong to `device`). O(1) besides the allocation. Error: OutOfMemory
+  /// when the allocation fails or its byte count overflows size_t.
+  static Tensor empty(Shape shape, DType dtype, Device device = Device::cpu(), Stream stream = {});
 
   /// Wraps caller-owned memory on `device` without copying (the way DLPack
   /// hands tensors over). `release` runs when the last handle goes away; it
-  /// may be empty. The bytes are not counted by the backend.
+  /// may be empty. The bytes are not counted by the backend. `stream` is the
+  /// stream the data is produced on (copies out of the tensor wait for it).
   static Tensor wrap(void* data, Shape shape, DType dtype, Device device,
-                     std::function<void()> release);
+                     std::function<void()> release, Stream stream = {});
 
   bool defined() const noexcept { return storage_ != nullptr; }
   const Shape& shape() const noexcept { return shape_; }
@@ -70,6 +78,8 @@ class Tensor {
   std::size_t nbytes() const noexcept { return numel() * dtype_size(dtype_); }
   DType dtype() const noexcept { return dtype_; }
   Device device() const;
+  /// The stream the storage was allocated on (or wrapped with).
+  Stream stream() const;
   /// Byte offset of this tensor's first element inside its storage.
   std::size_t offset() const noexcept { return offset_; }
 
@@ -98,11 +108,13 @@ class Tensor {
   /// Copies the raw element bytes to the host (`nbytes()` bytes); any dtype.
   std::vector<std::byte> to_host_bytes() const;
 
-  /// Copies to `device` (a new tensor even when the device is the same).
-  Tensor to(Device device) const;
+  /// Copies to `device` (a new tensor even when the device is the same),
+  /// allocated on `stream` of `device`; a copy to the host runs on this
+  /// tensor's stream and waits for it, any other on `stream`.
+  Tensor to(Device device, Stream stream = {}) const;
 
-  /// Converts to `dtype` on this tensor's device (new storage; a copy when the
-  /// dtype is the same). Float types only; Error: Config otherwise.
+  /// Converts to `dtype` on this tensor's device and stream (new storage; a
+  /// copy when the dtype is the same). Float types only; Error: Config otherwise.
   Tensor to_dtype(DType dtype) const;
 
   /// True when both handles point into the same storage.
