@@ -1,7 +1,8 @@
 // Thread safety as the headers state it: const queries on one cache from 8
 // threads at once give the serial answers, and separate caches mutated from
-// separate threads end as a serial run would leave them. Run under
-// ThreadSanitizer by the `tsan` preset.
+// separate threads (on the default stream, or each thread on its own
+// OwnedStream) end as a serial run would leave them. Run under ThreadSanitizer
+// by the `tsan` preset.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -109,20 +110,23 @@ TEST_P(ConcurrencyTest, ConstCompressedQueriesFromEightThreadsGiveTheSerialAnswe
   EXPECT_EQ(failures, 0);
 }
 
-// The mutations one thread applies to its own caches: appends that grow the
-// ring, a trim, a sinks-and-window eviction, compressed pushes and a window.
+// The mutations one thread applies to its own caches, on `stream`: appends
+// that grow the ring, a trim, a sinks-and-window eviction, compressed pushes
+// and a window.
 struct OwnCaches {
-  KVCache kv{2};
+  KVCache kv;
   MultiHeadKvCache compressed;
 
-  OwnCaches(Device device, int seed)
-      : compressed(2, {.head_dim = 16, .bits = 3, .projections = 4, .seed = static_cast<std::uint64_t>(seed)}, device) {
+  OwnCaches(Device device, int seed, Stream stream = {})
+      : kv(2, stream),
+        compressed(2, {.head_dim = 16, .bits = 3, .projections = 4, .seed = static_cast<std::uint64_t>(seed)}, device,
+                   stream) {
     Gaussian gaussian(static_cast<std::uint32_t>(seed));
     for (int step = 0; step < 60; ++step) {
       const std::vector<float> values = gaussian.vector(3 * 8);
       for (std::size_t layer = 0; layer < 2; ++layer) {
-        kv.append(layer, Tensor::from_host(values, {1, 3, 1, 8}, DType::BF16, device),
-                  Tensor::from_host(values, {1, 3, 1, 8}, DType::BF16, device));
+        kv.append(layer, Tensor::from_host(values, {1, 3, 1, 8}, DType::BF16, device, stream),
+                  Tensor::from_host(values, {1, 3, 1, 8}, DType::BF16, device, stream));
       }
       compressed.push_token({gaussian.vector(16), gaussian.vector(16)}, {gaussian.vector(16), gaussian.vector(16)});
       if (step == 30) kv.trim_to(20);
@@ -143,6 +147,24 @@ TEST_P(ConcurrencyTest, SeparateCachesMutatedFromSeparateThreadsEndAsASerialRun)
   const std::size_t in_use = backend_for(GetParam()).memory_stats().in_use;
   const int failures = run_threads([&](int t) {
     const OwnCaches own(GetParam(), t);
+    return int{own.kv.keys(1).to_host_bytes() != expected_keys[static_cast<std::size_t>(t)]} +
+           int{own.compressed.heads().records().first.to_host_bytes() != expected_records[static_cast<std::size_t>(t)]};
+  });
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(backend_for(GetParam()).memory_stats().in_use, in_use);
+}
+
+TEST_P(ConcurrencyTest, SeparateCachesEachOnItsThreadsOwnStreamEndAsASerialRun) {
+  std::vector<std::vector<std::byte>> expected_keys, expected_records;
+  for (int t = 0; t < kThreads; ++t) {
+    const OwnCaches serial(GetParam(), t);
+    expected_keys.push_back(serial.kv.keys(1).to_host_bytes());
+    expected_records.push_back(serial.compressed.heads().records().first.to_host_bytes());
+  }
+  const std::size_t in_use = backend_for(GetParam()).memory_stats().in_use;
+  const int failures = run_threads([&](int t) {
+    const OwnedStream stream(GetParam());
+    const OwnCaches own(GetParam(), t, stream.get());
     return int{own.kv.keys(1).to_host_bytes() != expected_keys[static_cast<std::size_t>(t)]} +
            int{own.compressed.heads().records().first.to_host_bytes() != expected_records[static_cast<std::size_t>(t)]};
   });
