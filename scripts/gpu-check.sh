@@ -48,7 +48,9 @@ for tool in memcheck racecheck initcheck synccheck; do
   extra=()
   [ "$tool" = memcheck ] && extra=(--leak-check full)
   if MICACHE_CUDA_ALLOCATOR=plain compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 9 \
-      "$tests" --gtest_filter="$cuda_filter" --gtest_brief=1 >"$out/sanitizer-$tool.log" 2>&1; then
+      "$tests" --gtest_filter="$cuda_filter" --gtest_brief=1 >"$out/sanitizer-$tool.log" 2>&1 &&
+    MICACHE_CUDA_ALLOCATOR=plain compute-sanitizer --tool "$tool" "${extra[@]}" --error-exitcode 9 \
+      "$cuda_tests" --gtest_brief=1 >>"$out/sanitizer-$tool.log" 2>&1; then
     echo "$tool: clean" | tee -a "$report"
   else
     echo "$tool: FAILED (see sanitizer-$tool.log)" | tee -a "$report"
