@@ -10,7 +10,9 @@
 // move, the same for every impl of an op.
 #include <benchmark/benchmark.h>
 
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/bench_report.hpp"
@@ -22,6 +24,8 @@ using micache::Backend;
 using micache::Device;
 using micache::DType;
 using micache::KVCache;
+using micache::OwnedStream;
+using micache::Stream;
 using micache::Tensor;
 using micache::bench::report_bytes;
 using micache::bench::time_iteration;
@@ -34,11 +38,12 @@ constexpr std::size_t kDecodeContext = 1024;                  // tokens held whe
 constexpr std::size_t kPrefill = 2048;
 constexpr std::size_t kTrimFrom = 8192;
 constexpr std::size_t kTrimTo = 6144;
+constexpr int kServerThreads = 8;
 
-Tensor random_tokens(std::size_t tokens, Device device) {
+Tensor random_tokens(std::size_t tokens, Device device, Stream stream = {}) {
   std::vector<float> values(kKvHeads * tokens * kHeadDim);
   for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<float>((i * 2654435761u) % 1000) * 1e-3f;
-  return Tensor::from_host(values, {1, kKvHeads, tokens, kHeadDim}, DType::BF16, device);
+  return Tensor::from_host(values, {1, kKvHeads, tokens, kHeadDim}, DType::BF16, device, stream);
 }
 
 // One decode step at a context of 1024 tokens: append 1 token of K and V to each
@@ -59,6 +64,33 @@ void decode_micache(benchmark::State& state, Device device) {
   }
   report_bytes(state, kLayers * 2 * kTokenBytes * 2);
 }
+
+// The decode step above in each of 8 threads at once, as a server running 8
+// requests: every thread has its own 32-layer cache and waits for its own step.
+// With `own_streams` each thread's cache works on its own OwnedStream; without,
+// every cache is on the default stream, where the threads' work serialises.
+// Wall time per step of one thread; bytes summed over the threads.
+void decode_threads(benchmark::State& state, Device device, bool own_streams) {
+  std::optional<OwnedStream> owned;
+  if (own_streams) owned.emplace(device);
+  const Stream stream = owned ? owned->get() : Stream{};
+  Backend& backend = micache::backend_for(device);
+  const Tensor token = random_tokens(1, device, stream);
+  const Tensor prefix = random_tokens(kDecodeContext, device, stream);
+  KVCache cache(kLayers, stream);
+  for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prefix, prefix);
+  cache.reserve(2 * kDecodeContext);
+  backend.synchronize(stream);
+  for (auto _ : state) {
+    for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, token, token);
+    backend.synchronize(stream);
+    cache.trim_to(kDecodeContext);
+  }
+  report_bytes(state, kLayers * 2 * kTokenBytes * 2);
+}
+
+void decode_threads_default_stream(benchmark::State& state, Device device) { decode_threads(state, device, false); }
+void decode_threads_own_streams(benchmark::State& state, Device device) { decode_threads(state, device, true); }
 
 // The same decode step, candle-mi's way: a new [1, 8, 1025, 128] tensor per K and
 // V per layer (Tensor::cat of the 1024 held tokens and the new one), the held
@@ -162,6 +194,14 @@ const bool registered = [] {
     };
     add(name("kv_decode_append", "micache", device, kDecodeContext), decode_micache, benchmark::kMicrosecond);
     add(name("kv_decode_append", "candle_way", device, kDecodeContext), decode_candle_way, benchmark::kMicrosecond);
+    for (const auto& [impl, fn] : {std::pair{"micache", &decode_threads_own_streams},
+                                   std::pair{"default_stream", &decode_threads_default_stream}}) {
+      benchmark::RegisterBenchmark(name("kv_decode_append_8_threads", impl, device, kDecodeContext).c_str(), fn,
+                                   device)
+          ->Threads(kServerThreads)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
     add(name("kv_prefill", "micache", device, kPrefill), prefill_micache, benchmark::kMillisecond);
     add(name("kv_trim", "micache", device, kTrimFrom), trim_compact_micache, benchmark::kMillisecond);
     add(name("kv_trim", "copy_roof", device, kTrimFrom), trim_copy_roof, benchmark::kMillisecond);

@@ -23,6 +23,7 @@ OPERATIONS = {
     "head_mean_all": "head mean, all rows",
     "top_k_all": "top-k of every row",
     "kv_decode_append": "KV decode step (1 token, 32 layers)",
+    "kv_decode_append_8_threads": "KV decode step in 8 threads, each cache on its own stream",
     "kv_prefill": "KV prefill (32 layers)",
     "kv_trim": "KV trim to the last 6144 tokens, compacted (32 layers)",
     "kv_evict_heavy_hitters": "KV heavy-hitter eviction to 6144 tokens (32 layers)",
@@ -37,6 +38,7 @@ BASELINES = {
     "torch": "PyTorch",
     "torch_static": "PyTorch, preallocated",
     "cub_sort": "CUB sort + take k",
+    "default_stream": "every cache on the default stream",
 }
 
 ROOF_IMPL = "copy_roof"

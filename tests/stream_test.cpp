@@ -86,6 +86,14 @@ TEST(TensorStreams, ATensorRemembersItsStreamAndItsViewsShareIt) {
   EXPECT_EQ(t.reshape({3, 2}).stream(), stream.get());
 }
 
+TEST(TensorStreams, AWrappedTensorKeepsTheStreamItIsProducedOn) {
+  const OwnedStream stream(kCpu);
+  std::vector<float> data = random_values(4, 2);
+  const Tensor t = Tensor::wrap(data.data(), {4}, DType::F32, kCpu, {}, stream.get());
+  EXPECT_EQ(t.stream(), stream.get());
+  EXPECT_EQ(t.to_host_f32(), data);
+}
+
 TEST(TensorStreams, ConversionStaysOnTheTensorsStream) {
   const OwnedStream stream(kCpu);
   const Tensor t = Tensor::from_host(random_values(6, 1), {6}, DType::F32, kCpu, stream.get());
