@@ -46,16 +46,22 @@ Tensor random_tokens(std::size_t tokens, Device device, Stream stream = {}) {
   return Tensor::from_host(values, {1, kKvHeads, tokens, kHeadDim}, DType::BF16, device, stream);
 }
 
+// 32 layers of 1024 tokens on `stream`, with room for 2048.
+KVCache decode_ready_cache(Device device, Stream stream) {
+  const Tensor prefix = random_tokens(kDecodeContext, device, stream);
+  KVCache cache(kLayers, stream);
+  for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prefix, prefix);
+  cache.reserve(2 * kDecodeContext);
+  return cache;
+}
+
 // One decode step at a context of 1024 tokens: append 1 token of K and V to each
 // of the 32 layers (ring buffers, capacity reserved; a trim back to 1024 tokens
 // after each step, untimed, moves the ring start only). Bytes: the new token's
 // K and V read and written.
 void decode_micache(benchmark::State& state, Device device) {
   const Tensor token = random_tokens(1, device);
-  const Tensor prefix = random_tokens(kDecodeContext, device);
-  KVCache cache(kLayers);
-  for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prefix, prefix);
-  cache.reserve(2 * kDecodeContext);
+  KVCache cache = decode_ready_cache(device, {});
   for (auto _ : state) {
     time_iteration(state, device, [&] {
       for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, token, token);
@@ -76,10 +82,7 @@ void decode_threads(benchmark::State& state, Device device, bool own_streams) {
   const Stream stream = owned ? owned->get() : Stream{};
   Backend& backend = micache::backend_for(device);
   const Tensor token = random_tokens(1, device, stream);
-  const Tensor prefix = random_tokens(kDecodeContext, device, stream);
-  KVCache cache(kLayers, stream);
-  for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, prefix, prefix);
-  cache.reserve(2 * kDecodeContext);
+  KVCache cache = decode_ready_cache(device, stream);
   backend.synchronize(stream);
   for (auto _ : state) {
     for (std::size_t l = 0; l < kLayers; ++l) cache.append(l, token, token);

@@ -7,7 +7,9 @@
 
 #include <atomic>
 #include <functional>
+#include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "micache/micache.hpp"
@@ -137,39 +139,34 @@ struct OwnCaches {
   }
 };
 
-TEST_P(ConcurrencyTest, SeparateCachesMutatedFromSeparateThreadsEndAsASerialRun) {
-  std::vector<std::vector<std::byte>> expected_keys, expected_records;
-  for (int t = 0; t < kThreads; ++t) {
-    const OwnCaches serial(GetParam(), t);
-    expected_keys.push_back(serial.kv.keys(1).to_host_bytes());
-    expected_records.push_back(serial.compressed.heads().records().first.to_host_bytes());
-  }
-  const std::size_t in_use = backend_for(GetParam()).memory_stats().in_use;
+// What a thread's caches end holding: layer 1's keys and the compressed key records.
+std::pair<std::vector<std::byte>, std::vector<std::byte>> held(const OwnCaches& caches) {
+  return {caches.kv.keys(1).to_host_bytes(), caches.compressed.heads().records().first.to_host_bytes()};
+}
+
+// Builds OwnCaches in kThreads threads at once, each on its own OwnedStream
+// when `own_streams`; each must end as a serial run on the default stream
+// leaves them, and memory must return to its prior level.
+void expect_threads_end_as_a_serial_run(Device device, bool own_streams) {
+  std::vector<std::pair<std::vector<std::byte>, std::vector<std::byte>>> expected;
+  for (int t = 0; t < kThreads; ++t) expected.push_back(held(OwnCaches(device, t)));
+  const std::size_t in_use = backend_for(device).memory_stats().in_use;
   const int failures = run_threads([&](int t) {
-    const OwnCaches own(GetParam(), t);
-    return int{own.kv.keys(1).to_host_bytes() != expected_keys[static_cast<std::size_t>(t)]} +
-           int{own.compressed.heads().records().first.to_host_bytes() != expected_records[static_cast<std::size_t>(t)]};
+    std::optional<OwnedStream> stream;
+    if (own_streams) stream.emplace(device);
+    const OwnCaches own(device, t, stream ? stream->get() : Stream{});
+    return int{held(own) != expected[static_cast<std::size_t>(t)]};
   });
   EXPECT_EQ(failures, 0);
-  EXPECT_EQ(backend_for(GetParam()).memory_stats().in_use, in_use);
+  EXPECT_EQ(backend_for(device).memory_stats().in_use, in_use);
+}
+
+TEST_P(ConcurrencyTest, SeparateCachesMutatedFromSeparateThreadsEndAsASerialRun) {
+  expect_threads_end_as_a_serial_run(GetParam(), false);
 }
 
 TEST_P(ConcurrencyTest, SeparateCachesEachOnItsThreadsOwnStreamEndAsASerialRun) {
-  std::vector<std::vector<std::byte>> expected_keys, expected_records;
-  for (int t = 0; t < kThreads; ++t) {
-    const OwnCaches serial(GetParam(), t);
-    expected_keys.push_back(serial.kv.keys(1).to_host_bytes());
-    expected_records.push_back(serial.compressed.heads().records().first.to_host_bytes());
-  }
-  const std::size_t in_use = backend_for(GetParam()).memory_stats().in_use;
-  const int failures = run_threads([&](int t) {
-    const OwnedStream stream(GetParam());
-    const OwnCaches own(GetParam(), t, stream.get());
-    return int{own.kv.keys(1).to_host_bytes() != expected_keys[static_cast<std::size_t>(t)]} +
-           int{own.compressed.heads().records().first.to_host_bytes() != expected_records[static_cast<std::size_t>(t)]};
-  });
-  EXPECT_EQ(failures, 0);
-  EXPECT_EQ(backend_for(GetParam()).memory_stats().in_use, in_use);
+  expect_threads_end_as_a_serial_run(GetParam(), true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, ConcurrencyTest, ::testing::ValuesIn(test_devices()), device_param_name);
