@@ -430,6 +430,48 @@ TEST(VectorQuantizer, TablesAndRecordsArePinnedBySeedAndStream) {
   EXPECT_EQ(fnv1a, 0x1d92396520aaf2c7ull);
 }
 
+// FNV-1a over `bytes` bytes at `data`, continuing from `hash`.
+std::uint64_t fnv1a(const void* data, std::size_t bytes, std::uint64_t hash = 1469598103934665603ull) {
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  for (std::size_t i = 0; i < bytes; ++i) hash = (hash ^ p[i]) * 1099511628211ull;
+  return hash;
+}
+
+TEST(VectorQuantizer, CodebooksRecordsAndDecodesOfGaussianVectorsArePinned) {
+  // Gaussian inputs make every product of the encoder round: a build that
+  // fuses a multiply and an add (g++ on FMA hardware without
+  // -ffp-contract=off) changes codebooks, residuals, norms and sign bits, so
+  // these hashes move. The small-integer vector of the test above does not
+  // catch it (its products are exact). Key records, value records, and the
+  // smallest and an odd rotation size.
+  struct Pinned {
+    std::uint32_t dim, bits, projections;
+    std::uint64_t hash;
+  };
+  const Pinned cases[] = {{128, 4, 32, 0x6c13198f4284dd71ull},
+                           {96, 3, 24, 0x0a14907ba316c02dull},
+                           {64, 5, 0, 0xdfcb193569af10b4ull},
+                           {2, 2, 8, 0x7e78e7610e62cdabull}};
+  for (const Pinned& pinned : cases) {
+    const VectorQuantizer quantizer(pinned.dim, pinned.bits, pinned.projections, 11, 3);
+    const Codebook& codebook = quantizer.codebook();
+    std::uint64_t hash = fnv1a(codebook.centroids.data(), codebook.centroids.size() * sizeof(float));
+    hash = fnv1a(codebook.boundaries.data(), codebook.boundaries.size() * sizeof(float), hash);
+    Gaussian gaussian(pinned.dim + pinned.bits);
+    std::vector<std::uint8_t> record(quantizer.layout().record_bytes);
+    std::vector<float> decoded(pinned.dim);
+    for (int v = 0; v < 32; ++v) {
+      const std::vector<float> x = gaussian.vector(pinned.dim);
+      quantizer.encode(x.data(), record.data());
+      quantizer.decode(record.data(), decoded.data());
+      hash = fnv1a(record.data(), record.size(), hash);
+      hash = fnv1a(decoded.data(), decoded.size() * sizeof(float), hash);
+    }
+    EXPECT_EQ(hash, pinned.hash) << "dim " << pinned.dim << ", " << pinned.bits << " bits, " << pinned.projections
+                                 << " projections: 0x" << std::hex << hash;
+  }
+}
+
 TEST(VectorQuantizer, StreamsAndSeedsDrawIndependentTables) {
   // bitpolar's head h uses seed + h for its rotation and seed + h + 1 for its
   // QJL matrix, so head h's QJL matrix reuses head h+1's rotation stream.

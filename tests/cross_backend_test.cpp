@@ -3,7 +3,9 @@
 // (with the reason) without a GPU.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <limits>
+#include <vector>
 
 #include "test_support.hpp"
 
@@ -88,13 +90,32 @@ TEST_P(CrossBackend, ConversionAgreesBitForBit) {
   }
 }
 
-// Compressed caches: CUDA encodes the CPU's bytes (decoded vectors equal bit
-// for bit); scores and attention outputs agree to f32 rounding of sums of 128
-// terms in another order (relative 1e-5 of the largest magnitude).
+// Compressed caches: CUDA encodes the CPU's bytes (records equal byte for
+// byte, so do the vectors decoded from them); scores and attention outputs
+// agree to f32 rounding of sums of 128 terms in another order (relative 1e-5
+// of the largest magnitude).
 class CompressedCrossBackend : public ::testing::TestWithParam<ScoreEstimator> {
  protected:
   void SetUp() override { MICACHE_REQUIRE_CUDA(); }
 };
+
+// Expects two U8 `[heads, tokens, record_bytes]` record tensors to hold the
+// same bytes, naming the head, token and byte of the first few that differ.
+void expect_same_records(const Tensor& gpu, const Tensor& cpu) {
+  ASSERT_EQ(gpu.shape(), cpu.shape());
+  const std::vector<std::byte> actual = gpu.to_host_bytes();
+  const std::vector<std::byte> expected = cpu.to_host_bytes();
+  const std::size_t tokens = cpu.dim(1), record_bytes = cpu.dim(2);
+  std::size_t mismatches = 0;
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    if (actual[i] != expected[i] && ++mismatches <= 5) {
+      ADD_FAILURE() << "head " << i / (tokens * record_bytes) << ", token " << i / record_bytes % tokens << ", byte "
+                    << i % record_bytes << ": " << std::to_integer<int>(actual[i])
+                    << " != " << std::to_integer<int>(expected[i]);
+    }
+  }
+  EXPECT_EQ(mismatches, 0u);
+}
 
 void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu) {
   ASSERT_EQ(gpu.size(), cpu.size());
@@ -103,7 +124,7 @@ void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu) 
   for (std::size_t i = 0; i < cpu.size(); ++i) EXPECT_NEAR(gpu[i], cpu[i], 1e-5f * scale) << "element " << i;
 }
 
-TEST_P(CompressedCrossBackend, EncodeIsBitExactAndScoresAgree) {
+TEST_P(CompressedCrossBackend, RecordsAreByteIdenticalAndScoresAgree) {
   const KvCacheConfig config{.head_dim = 96, .bits = 3, .projections = 24, .seed = 11, .value_bits = 5,
                              .estimator = GetParam()};
   CompressedHeads cpu(4, config, Device::cpu());
@@ -117,6 +138,12 @@ TEST_P(CompressedCrossBackend, EncodeIsBitExactAndScoresAgree) {
     heads.push(Tensor::from_host(keys, {4, 300, 96}, DType::BF16, device),
                Tensor::from_host(values, {4, 300, 96}, DType::BF16, device));
   }
+  // Every byte: codes, norms and QJL signs (a sign bit or a norm's last bit
+  // that differs may decode to the same vector, or not be decoded at all).
+  const auto [gpu_keys, gpu_values] = gpu.records();
+  const auto [cpu_keys, cpu_values] = cpu.records();
+  expect_same_records(gpu_keys, cpu_keys);
+  expect_same_records(gpu_values, cpu_values);
   expect_same_bits(gpu.decode_keys().to_host_f32(), cpu.decode_keys().to_host_f32());
   expect_same_bits(gpu.decode_values().to_host_f32(), cpu.decode_values().to_host_f32());
   const Tensor host_queries = Tensor::from_host(queries, {8, 96}, DType::F32);

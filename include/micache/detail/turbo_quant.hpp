@@ -18,11 +18,18 @@ namespace micache::detail {
 // rotation, codes, residual, sign bits) goes through these helpers. nvcc
 // contracts `a * b + c` into one FMA by default (one rounding instead of two)
 // and --use_fast_math approximates division and square roots; the intrinsics
-// below forbid both, so CPU and CUDA records are identical bit for bit. On the
-// host plain operations suffice unless the compiler fuses across statements
-// on a target with FMA: g++ in ISO mode (-std=c++NN implies -ffp-contract=off)
-// and clang's default (-ffp-contract=on: within one expression) never do;
-// -ffp-contract=fast (g++'s GNU-mode default) and -ffast-math may.
+// below forbid both, so CPU and CUDA records are identical bit for bit.
+//
+// On the host the helpers are plain operations, which the compiler may still
+// fuse on a target with FMA (x86-64 with -mfma, -march=x86-64-v3 or native;
+// every aarch64 host). g++ does so by default in C++, in ISO and GNU dialects
+// alike (-ffp-contract=fast; only ISO C implies off): g++ 12 at -O2 -mfma
+// -std=c++20 turns add_rn(mul_rn(a, b), c) into one vfmadd, even across
+// statements. clang's default (-ffp-contract=on) fuses within one expression.
+// micache therefore compiles every translation unit with -ffp-contract=off
+// (CMakeLists.txt), and so must any other code that calls these functions on
+// the host and expects the records micache writes; -ffast-math breaks them
+// too. The `fma` build (scripts/test.sh fma) checks the golden hashes.
 // ---------------------------------------------------------------------------
 
 /// a * b, rounded once, never fused into an FMA.
