@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "cpu/kernels.hpp"
+#include "micache/detail/attend_split.hpp"
 
 namespace micache::cpu {
 namespace {
@@ -92,31 +93,47 @@ void score_records(const RecordQuery& query, float* scores) {
 }
 
 // Memory access: one pass over the key records (scores), then one over the
-// value records, accumulating centroid * weight in the rotated domain; one
-// inverse rotation per query head at the end.
+// value records, accumulating centroid * weight in the rotated domain chunk
+// by chunk (detail/attend_split.hpp, the CUDA kernels' split), the chunks
+// combined in order; one inverse rotation per query head at the end.
 void attend_records(const RecordQuery& query, const RecordRing& values, float* out) {
   const RecordLayout& layout = values.layout;
   const std::size_t p = layout.padded_dim;
+  const std::size_t chunks = detail::attend_chunks(query.tokens);
+  const std::size_t stride = detail::attend_partial_floats(p);
   std::vector<float> scores(query.tokens);
+  std::vector<float> partials(chunks * stride);
   std::vector<float> accumulator(p);
   for (std::size_t q = 0; q < query.query_heads; ++q) {
     const std::size_t head = q / query.group_size;
     score_head(query, q, scores.data());
-    const float max_score = *std::max_element(scores.begin(), scores.end());
-    std::fill(accumulator.begin(), accumulator.end(), 0.0f);
-    float total = 0.0f;
-    for (std::size_t t = 0; t < query.tokens; ++t) {
-      const float weight = std::exp(scores[t] - max_score);
-      total += weight;
-      const std::uint8_t* record = record_at(values, head, t);
-      const float scaled = weight * detail::load_f32(record + layout.norm_offset);
-      for (std::size_t i = 0; i < p; ++i) {
-        accumulator[i] +=
-            scaled * values.centroids[detail::unpack_code(record, static_cast<std::uint32_t>(i), layout.bits)];
+    for (std::size_t c = 0; c < chunks; ++c) {
+      const std::size_t begin = c * detail::kAttendChunkTokens;
+      const std::size_t end = std::min(query.tokens, begin + detail::kAttendChunkTokens);
+      float* partial = partials.data() + c * stride;
+      const float max_score = *std::max_element(scores.begin() + static_cast<std::ptrdiff_t>(begin),
+                                                scores.begin() + static_cast<std::ptrdiff_t>(end));
+      float* acc = partial + 2;
+      std::fill(acc, acc + p, 0.0f);
+      float total = 0.0f;
+      for (std::size_t t = begin; t < end; ++t) {
+        const float weight = detail::exp_f32(scores[t] - max_score);
+        total += weight;
+        const std::uint8_t* record = record_at(values, head, t);
+        const float scaled = weight * detail::load_f32(record + layout.norm_offset);
+        for (std::size_t i = 0; i < p; ++i) {
+          acc[i] += scaled * values.centroids[detail::unpack_code(record, static_cast<std::uint32_t>(i), layout.bits)];
+        }
       }
+      partial[0] = max_score;
+      partial[1] = total;
     }
-    const float finish = detail::inv_sqrt_power_of_two(layout.padded_dim) / total;
-    for (float& a : accumulator) a *= finish;
+    const float max_score = detail::attend_max(partials.data(), chunks, stride);
+    const float finish = detail::inv_sqrt_power_of_two(layout.padded_dim) /
+                         detail::attend_total(partials.data(), chunks, stride, max_score);
+    for (std::size_t i = 0; i < p; ++i) {
+      accumulator[i] = detail::attend_coordinate(partials.data(), chunks, stride, max_score, i) * finish;
+    }
     detail::unrotate(accumulator.data(), out + q * layout.dim, signs_of(values, head), layout.padded_dim, layout.dim);
   }
 }

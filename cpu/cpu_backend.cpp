@@ -64,6 +64,8 @@ void* CpuBackend::do_allocate(std::size_t bytes, Stream stream) {
 
 void CpuBackend::do_deallocate(void* ptr, std::size_t, Stream) noexcept { std::free(ptr); }
 
+void CpuBackend::do_release_unused_memory(Stream stream) { require_live(stream); }
+
 void CpuBackend::copy_host_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) {
   require_live(stream);
   std::memcpy(dst, src, bytes);

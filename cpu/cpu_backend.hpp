@@ -45,6 +45,9 @@ class CpuBackend final : public Backend {
  protected:
   void* do_allocate(std::size_t bytes, Stream stream) override;
   void do_deallocate(void* ptr, std::size_t bytes, Stream stream) noexcept override;
+  // Host memory goes back to the C library at every deallocation: nothing to
+  // release but the stream to check.
+  void do_release_unused_memory(Stream stream) override;
 
  private:
   // Error(Backend) unless `stream` is null or live.

@@ -1,5 +1,4 @@
-#include <algorithm>
-
+#include "cuda/grid.hpp"
 #include "cuda/head_mean.cuh"
 #include "cuda/kernels.hpp"
 
@@ -44,8 +43,7 @@ struct LaunchConvert {
   template <DType T>
   struct To {
     static cudaError_t run(const void* src, void* dst, std::size_t count, cudaStream_t stream) {
-      const auto blocks = static_cast<unsigned>(std::min<std::size_t>((count + kBlock - 1) / kBlock, 1u << 16));
-      convert_kernel<S, T><<<blocks, kBlock, 0, stream>>>(src, dst, count);
+      convert_kernel<S, T><<<grid_blocks(count, kBlock), kBlock, 0, stream>>>(src, dst, count);
       return cudaGetLastError();
     }
   };

@@ -1,45 +1,37 @@
 #include <cstdint>
 
-#include <algorithm>
-
 #include "cuda/kernels.hpp"
+#include "cuda/token_copy_plan.hpp"
 
 namespace micache::cuda {
 namespace {
 
-constexpr int kBlock = 256;
-
-// Memory access: thread per (buffer, plane, token, unit) where a unit is the
-// widest of 16/8/4/2/1 bytes dividing token_bytes and every base address; a
-// warp reads and writes consecutive units of consecutive tokens, so runs that
-// do not wrap copy fully coalesced (a gather reads each source token's units
-// contiguously). Every byte is read and written once; keys and values of a
-// layer move in this one launch.
+// Memory access: threadIdx.x walks the units (the widest of 16/8/4/2/1 bytes
+// dividing token_bytes and every base address) of one token, threadIdx.y the
+// tokens of a tile, so a warp reads and writes consecutive units of
+// consecutive slots: fully coalesced wherever the rings do not wrap (a gather
+// reads each source token's units contiguously). Every byte is read and
+// written once; keys and values of a layer move in this one launch. Index
+// arithmetic (copy_tokens_thread) has no division per unit or token.
+// Bytes: 2 * buffers * planes * tokens * token_bytes.
 template <class Unit>
-__global__ void __launch_bounds__(kBlock) copy_tokens_kernel(const __grid_constant__ TokenCopy copy) {
+__global__ void __launch_bounds__(kCopyBlockThreads)
+    copy_tokens_kernel(const __grid_constant__ TokenCopy copy, const __grid_constant__ CopyTokensLaunch launch) {
   const std::size_t units = copy.token_bytes / sizeof(Unit);
-  const std::size_t per_buffer = copy.planes * copy.tokens * units;
-  const std::size_t total = copy.buffers * per_buffer;
-  const std::size_t stride = static_cast<std::size_t>(gridDim.x) * kBlock;
-  for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * kBlock + threadIdx.x; i < total; i += stride) {
-    const std::size_t buffer = i / per_buffer;
-    const std::size_t within = i % per_buffer;
-    const std::size_t unit = within % units;
-    const std::size_t token = (within / units) % copy.tokens;
-    const std::size_t plane = within / (units * copy.tokens);
-    const std::size_t logical =
-        copy.src_tokens != nullptr ? static_cast<std::size_t>(copy.src_tokens[token]) : token;
-    const std::size_t s = plane * copy.src_capacity + (copy.src_start + logical) % copy.src_capacity;
-    const std::size_t d = plane * copy.dst_capacity + (copy.dst_start + token) % copy.dst_capacity;
-    static_cast<Unit*>(copy.dst[buffer])[d * units + unit] = static_cast<const Unit*>(copy.src[buffer])[s * units + unit];
-  }
+  copy_tokens_thread(copy, units, launch, blockIdx.x, blockIdx.y, threadIdx.x, threadIdx.y,
+                     [&](std::size_t buffer, std::size_t dst, std::size_t src) {
+                       static_cast<Unit*>(copy.dst[buffer])[dst] = static_cast<const Unit*>(copy.src[buffer])[src];
+                     });
 }
 
 template <class Unit>
-cudaError_t launch(const TokenCopy& copy, cudaStream_t stream) {
-  const std::size_t total = copy.buffers * copy.planes * copy.tokens * (copy.token_bytes / sizeof(Unit));
-  const auto blocks = static_cast<unsigned>(std::min<std::size_t>((total + kBlock - 1) / kBlock, 1u << 20));
-  copy_tokens_kernel<Unit><<<blocks, kBlock, 0, stream>>>(copy);
+cudaError_t launch(TokenCopy copy, cudaStream_t stream) {
+  copy.src_start %= copy.src_capacity;
+  copy.dst_start %= copy.dst_capacity;
+  const CopyTokensLaunch plan = plan_copy_tokens(copy, copy.token_bytes / sizeof(Unit));
+  copy_tokens_kernel<Unit>
+      <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(copy,
+                                                                                                              plan);
   return cudaGetLastError();
 }
 

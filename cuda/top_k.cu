@@ -1,9 +1,11 @@
-#include <cub/device/device_segmented_sort.cuh>
-
 #include <algorithm>
+#include <climits>
+#include <cub/device/device_segmented_radix_sort.cuh>
 
+#include "cuda/grid.hpp"
 #include "cuda/head_mean.cuh"
 #include "cuda/kernels.hpp"
+#include "cuda/row_split.hpp"
 #include "micache/detail/top_k_key.hpp"
 
 namespace micache::cuda {
@@ -48,126 +50,198 @@ __device__ inline std::uint64_t warp_merge_queues(std::uint64_t queue, std::uint
   return warp_merge_descending(max_key(queue, reversed), lane);
 }
 
-// Memory access: one block per row; warp w reads column tiles w, w + kWarps, ...
-// of 32*V columns, each lane one V-wide 16-byte load per selected head
-// (coalesced), computes V head means, and inserts them into the warp's sorted
-// 32-key queue only when some lane beats the current k-th key (a ballot), so
-// after the first tiles most tiles cost no shuffles. The kWarps queues are
-// merged through shared memory by warp 0, which writes k results.
+// A warp's sorted queue of its 32 best keys and the k-th of them. A new key
+// per lane costs shuffles only when some lane beats the k-th (a ballot), so
+// after the first tiles most tiles cost none.
+struct WarpQueue {
+  std::uint64_t queue = 0;
+  std::uint64_t threshold = 0;
+
+  __device__ void offer(std::uint64_t key, unsigned k, unsigned lane) {
+    if (__any_sync(kFullMask, key > threshold)) {
+      queue = warp_merge_queues(queue, warp_sort_descending(key, lane), lane);
+      threshold = __shfl_sync(kFullMask, queue, k - 1);
+    }
+  }
+};
+
+// Merges the block's kWarps queues through shared memory; warp 0 returns the
+// merged queue (lane j holds the j-th best), other warps an unspecified key.
+__device__ inline std::uint64_t merge_block_queues(const WarpQueue& mine, std::uint64_t (&queues)[kWarps][32],
+                                                   unsigned warp, unsigned lane) {
+  queues[warp][lane] = mine.queue;
+  __syncthreads();
+  std::uint64_t merged = queues[0][lane];
+  if (warp == 0) {
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) merged = warp_merge_queues(merged, queues[w][lane], lane);
+  }
+  __syncthreads();
+  return merged;
+}
+
+__device__ inline void write_result(std::uint64_t key, std::size_t at, std::int32_t* indices, float* weights) {
+  indices[at] = static_cast<std::int32_t>(detail::top_k_key_index(key));
+  weights[at] = __uint_as_float(detail::top_k_key_weight_bits(key));
+}
+
+// Memory access: block (row, segment) reads the columns of its segment in
+// tiles of 32*V columns per warp (warp w takes tiles w, w + kWarps, ...),
+// each lane one V-wide 16-byte load per selected head (coalesced), computes V
+// head means and offers their keys to the warp's queue. The block's queues
+// merge in shared memory; warp 0 writes k results (one segment) or k keys to
+// `segment_keys` (several). Bytes: heads * columns * element size read once.
 template <DType D, int V>
 __global__ void __launch_bounds__(kBlock)
-    top_k_warp_kernel(const __grid_constant__ HeadMeanView view, unsigned k, std::int32_t* indices, float* weights) {
+    top_k_warp_kernel(const __grid_constant__ HeadMeanView view, unsigned k, TopKSplit split, std::int32_t* indices,
+                      float* weights, std::uint64_t* segment_keys) {
   __shared__ std::uint64_t queues[kWarps][32];
   const unsigned lane = threadIdx.x % 32;
   const unsigned warp = threadIdx.x / 32;
-  const std::size_t row = blockIdx.x;
-  const std::size_t row_start = view.offset + row * view.row_stride;
-
-  std::uint64_t queue = 0;
-  std::uint64_t threshold = 0;
-  for (std::size_t tile = static_cast<std::size_t>(warp) * 32 * V; tile < view.n_cols; tile += kWarps * 32 * V) {
-    const std::size_t first = tile + static_cast<std::size_t>(lane) * V;
-    float mean[V];
-    if (V > 1 && first + V <= view.n_cols) {
-      head_mean_vector<D, V>(view, row_start + first, mean);
-    } else {
+  const std::size_t segment = blockIdx.y;
+  const std::size_t begin = segment * split.segment_columns;
+  const std::size_t end = std::min(view.n_cols, begin + split.segment_columns);
+  for (std::size_t row = blockIdx.x; row < view.n_rows; row += gridDim.x) {
+    const std::size_t row_start = view.offset + row * view.row_stride;
+    WarpQueue queue;
+    for (std::size_t tile = begin + static_cast<std::size_t>(warp) * 32 * V; tile < end; tile += kWarps * 32 * V) {
+      const std::size_t first = tile + static_cast<std::size_t>(lane) * V;
+      float mean[V];
+      if (V > 1 && first + V <= end) {
+        head_mean_vector<D, V>(view, row_start + first, mean);
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          float one[1] = {0.0f};
+          if (first + v < end) head_mean_vector<D, 1>(view, row_start + (first + v) * view.col_stride, one);
+          mean[v] = one[0];
+        }
+      }
 #pragma unroll
       for (int v = 0; v < V; ++v) {
-        float one[1] = {0.0f};
-        if (first + v < view.n_cols) {
-          head_mean_vector<D, 1>(view, row_start + (first + v) * view.col_stride, one);
-        }
-        mean[v] = one[0];
+        const std::size_t column = first + v;
+        const std::uint64_t key =
+            column < end ? detail::top_k_key(__float_as_uint(mean[v]), static_cast<std::uint32_t>(column)) : 0;
+        queue.offer(key, k, lane);
       }
     }
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-      const std::size_t column = first + v;
-      const std::uint64_t key =
-          column < view.n_cols ? detail::top_k_key(__float_as_uint(mean[v]), static_cast<std::uint32_t>(column)) : 0;
-      if (__any_sync(kFullMask, key > threshold)) {
-        queue = warp_merge_queues(queue, warp_sort_descending(key, lane), lane);
-        threshold = __shfl_sync(kFullMask, queue, k - 1);
+    const std::uint64_t merged = merge_block_queues(queue, queues, warp, lane);
+    if (warp == 0 && lane < k) {
+      if (split.segments == 1) {
+        write_result(merged, row * k + lane, indices, weights);
+      } else {
+        segment_keys[(row * split.segments + segment) * k + lane] = merged;
       }
     }
   }
-  queues[warp][lane] = queue;
-  __syncthreads();
-  if (warp == 0) {
-    std::uint64_t merged = queues[0][lane];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) {
-      merged = warp_merge_queues(merged, queues[w][lane], lane);
+}
+
+// Memory access: block per row reads the row's segments * k candidate keys
+// once (coalesced, warp w takes tiles of 32 keys w, w + kWarps, ...), offers
+// them to the warp queues, merges and writes k results. Bytes: 8 * segments * k
+// per row, from L2 (the segment kernel just wrote them).
+__global__ void __launch_bounds__(kBlock)
+    merge_segments_kernel(const std::uint64_t* segment_keys, std::size_t n_rows, std::size_t candidates, unsigned k,
+                          std::int32_t* indices, float* weights) {
+  __shared__ std::uint64_t queues[kWarps][32];
+  const unsigned lane = threadIdx.x % 32;
+  const unsigned warp = threadIdx.x / 32;
+  for (std::size_t row = blockIdx.x; row < n_rows; row += gridDim.x) {
+    const std::uint64_t* keys = segment_keys + row * candidates;
+    WarpQueue queue;
+    for (std::size_t tile = static_cast<std::size_t>(warp) * 32; tile < candidates; tile += kWarps * 32) {
+      const std::size_t e = tile + lane;
+      queue.offer(e < candidates ? keys[e] : 0, k, lane);
     }
-    if (lane < k) {
-      indices[row * k + lane] = static_cast<std::int32_t>(detail::top_k_key_index(merged));
-      weights[row * k + lane] = __uint_as_float(detail::top_k_key_weight_bits(merged));
-    }
+    const std::uint64_t merged = merge_block_queues(queue, queues, warp, lane);
+    if (warp == 0 && lane < k) write_result(merged, row * k + lane, indices, weights);
   }
 }
 
 template <DType D>
 struct LaunchTopKWarp {
-  static cudaError_t run(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
-                         cudaStream_t stream) {
-    const auto blocks = static_cast<unsigned>(view.n_rows);
+  static cudaError_t run(const HeadMeanView& view, std::size_t k, const TopKSplit& split, std::int32_t* indices,
+                         float* weights, std::uint64_t* segment_keys, cudaStream_t stream) {
+    const dim3 grid(grid_blocks(view.n_rows, 1), static_cast<unsigned>(split.segments));
     const auto k32 = static_cast<unsigned>(k);
     if (vector_loads_fit<D>(view)) {
-      top_k_warp_kernel<D, kVectorWidth<D>><<<blocks, kBlock, 0, stream>>>(view, k32, indices, weights);
+      top_k_warp_kernel<D, kVectorWidth<D>>
+          <<<grid, kBlock, 0, stream>>>(view, k32, split, indices, weights, segment_keys);
     } else {
-      top_k_warp_kernel<D, 1><<<blocks, kBlock, 0, stream>>>(view, k32, indices, weights);
+      top_k_warp_kernel<D, 1><<<grid, kBlock, 0, stream>>>(view, k32, split, indices, weights, segment_keys);
     }
+    cudaError_t status = cudaGetLastError();
+    if (status != cudaSuccess || split.segments == 1) return status;
+    merge_segments_kernel<<<grid_blocks(view.n_rows, 1), kBlock, 0, stream>>>(
+        segment_keys, view.n_rows, split.segments * k, k32, indices, weights);
     return cudaGetLastError();
   }
 };
 
-// ---- sort path: keys for every element, cub::DeviceSegmentedSort, take k ----
-
-// Memory access: thread per (row, column), one element per selected head
-// (coalesced along columns), one 8-byte key written.
 template <DType D>
-__global__ void top_k_keys_kernel(const __grid_constant__ HeadMeanView view, std::uint64_t* keys,
-                                  std::int64_t* offsets) {
-  const std::size_t total = view.n_rows * view.n_cols;
+struct TileColumns {
+  static cudaError_t run(const HeadMeanView& view, std::size_t& columns) {
+    columns = static_cast<std::size_t>(kWarps) * 32 * (vector_loads_fit<D>(view) ? kVectorWidth<D> : 1);
+    return cudaSuccess;
+  }
+};
+
+TopKSplit split_of(const HeadMeanView& view, int sms) {
+  std::size_t tile = 0;
+  if (dispatch_dtype<TileColumns>(view.dtype, view, tile) != cudaSuccess || view.n_rows == 0 || view.n_cols == 0) {
+    return TopKSplit{1, view.n_cols};
+  }
+  return plan_top_k_split(view.n_rows, view.n_cols, tile, static_cast<std::size_t>(std::max(sms, 1)));
+}
+
+// ---- sort path: keys for every element, cub::DeviceSegmentedRadixSort, take k ----
+
+// Memory access: thread per (row, column) of a batch of rows, one element per
+// selected head (coalesced along columns), one 8-byte key written; the
+// thread of column 0 writes its row's offset.
+template <DType D>
+__global__ void top_k_keys_kernel(const __grid_constant__ HeadMeanView view, std::size_t first_row, std::size_t rows,
+                                  std::uint64_t* keys, int* offsets) {
+  const std::size_t total = rows * view.n_cols;
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   for (std::size_t e = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
     const std::size_t row = e / view.n_cols;
-    const std::size_t column = e % view.n_cols;
+    const std::size_t column = e - row * view.n_cols;
     float mean[1];
-    head_mean_vector<D, 1>(view, view.offset + row * view.row_stride + column * view.col_stride, mean);
+    head_mean_vector<D, 1>(view, view.offset + (first_row + row) * view.row_stride + column * view.col_stride, mean);
     keys[e] = detail::top_k_key(__float_as_uint(mean[0]), static_cast<std::uint32_t>(column));
-    if (column == 0) {
-      offsets[row] = static_cast<std::int64_t>(e);
-    }
+    if (column == 0) offsets[row] = static_cast<int>(e);
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0) {
-    offsets[view.n_rows] = static_cast<std::int64_t>(total);
-  }
+  if (blockIdx.x == 0 && threadIdx.x == 0) offsets[rows] = static_cast<int>(total);
 }
 
-// Memory access: thread per output (row, j), one 8-byte read of the sorted keys.
-__global__ void take_k_kernel(const std::uint64_t* sorted, std::size_t n_rows, std::size_t n_cols, std::size_t k,
+// Memory access: thread per output (row, j) of the batch, one 8-byte read of the sorted keys.
+__global__ void take_k_kernel(const std::uint64_t* sorted, std::size_t rows, std::size_t n_cols, std::size_t k,
                               std::int32_t* indices, float* weights) {
-  const std::size_t total = n_rows * k;
+  const std::size_t total = rows * k;
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * blockDim.x;
   for (std::size_t e = static_cast<std::size_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < total; e += stride) {
-    const std::uint64_t key = sorted[(e / k) * n_cols + e % k];
-    indices[e] = static_cast<std::int32_t>(detail::top_k_key_index(key));
-    weights[e] = __uint_as_float(detail::top_k_key_weight_bits(key));
+    const std::size_t row = e / k;
+    write_result(sorted[row * n_cols + (e - row * k)], e, indices, weights);
   }
 }
 
 template <DType D>
 struct LaunchKeys {
-  static cudaError_t run(const HeadMeanView& view, std::uint64_t* keys, std::int64_t* offsets, cudaStream_t stream) {
-    const std::size_t total = view.n_rows * view.n_cols;
-    const auto blocks = static_cast<unsigned>(std::min<std::size_t>((total + 255) / 256, 1u << 16));
-    top_k_keys_kernel<D><<<blocks, 256, 0, stream>>>(view, keys, offsets);
+  static cudaError_t run(const HeadMeanView& view, std::size_t first_row, std::size_t rows, std::uint64_t* keys,
+                         int* offsets, cudaStream_t stream) {
+    top_k_keys_kernel<D>
+        <<<grid_blocks(rows * view.n_cols, 256), 256, 0, stream>>>(view, first_row, rows, keys, offsets);
     return cudaGetLastError();
   }
 };
 
-// Scratch layout: [keys n][sorted keys n][offsets n_rows + 1][cub temp], 256-byte aligned parts.
+// Rows per sort: CUB's segmented radix sort counts items in int.
+std::size_t sort_batch_rows(const HeadMeanView& view) {
+  return std::max<std::size_t>(1, std::min(view.n_rows, static_cast<std::size_t>(INT_MAX) / view.n_cols));
+}
+
+// Scratch layout: [keys][sorted keys][offsets][cub temp] for one batch of rows, 256-byte aligned parts.
 struct SortScratch {
   std::size_t keys_bytes, offsets_bytes, cub_bytes;
   std::size_t total() const { return 2 * keys_bytes + offsets_bytes + cub_bytes; }
@@ -176,29 +250,38 @@ struct SortScratch {
 std::size_t align256(std::size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 cudaError_t sort_scratch(const HeadMeanView& view, SortScratch& scratch) {
-  const std::size_t n = view.n_rows * view.n_cols;
+  const std::size_t rows = sort_batch_rows(view);
+  const std::size_t n = rows * view.n_cols;
   scratch.keys_bytes = align256(n * sizeof(std::uint64_t));
-  scratch.offsets_bytes = align256((view.n_rows + 1) * sizeof(std::int64_t));
+  scratch.offsets_bytes = align256((rows + 1) * sizeof(int));
   scratch.cub_bytes = 0;
-  std::int64_t* no_offsets = nullptr;
-  const cudaError_t status = cub::DeviceSegmentedSort::SortKeysDescending(
+  const int* no_offsets = nullptr;
+  const cudaError_t status = cub::DeviceSegmentedRadixSort::SortKeysDescending(
       nullptr, scratch.cub_bytes, static_cast<const std::uint64_t*>(nullptr), static_cast<std::uint64_t*>(nullptr),
-      static_cast<std::int64_t>(n), static_cast<std::int64_t>(view.n_rows), no_offsets, no_offsets + 1);
+      static_cast<int>(n), static_cast<int>(rows), no_offsets, no_offsets + 1);
   scratch.cub_bytes = align256(scratch.cub_bytes);
   return status;
 }
 
 }  // namespace
 
-cudaError_t launch_top_k_warp(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
-                              cudaStream_t stream) {
-  if (view.n_rows == 0) {
-    return cudaSuccess;
-  }
-  return dispatch_dtype<LaunchTopKWarp>(view.dtype, view, k, indices, weights, stream);
+std::size_t top_k_warp_scratch_bytes(const HeadMeanView& view, std::size_t k, int sms) {
+  const TopKSplit split = split_of(view, sms);
+  return split.segments > 1 ? view.n_rows * split.segments * k * sizeof(std::uint64_t) : 0;
+}
+
+cudaError_t launch_top_k_warp(const HeadMeanView& view, std::size_t k, int sms, void* scratch, std::int32_t* indices,
+                              float* weights, cudaStream_t stream) {
+  if (view.n_rows == 0) return cudaSuccess;
+  return dispatch_dtype<LaunchTopKWarp>(view.dtype, view, k, split_of(view, sms), indices, weights,
+                                        static_cast<std::uint64_t*>(scratch), stream);
 }
 
 cudaError_t sort_top_k_temp_bytes(const HeadMeanView& view, std::size_t& bytes) {
+  if (view.n_rows == 0 || view.n_cols == 0) {
+    bytes = 0;
+    return cudaSuccess;
+  }
   SortScratch scratch{};
   const cudaError_t status = sort_scratch(view, scratch);
   bytes = scratch.total();
@@ -207,9 +290,7 @@ cudaError_t sort_top_k_temp_bytes(const HeadMeanView& view, std::size_t& bytes) 
 
 cudaError_t sort_top_k(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights, void* temp,
                        std::size_t temp_bytes, cudaStream_t stream) {
-  if (view.n_rows == 0) {
-    return cudaSuccess;
-  }
+  if (view.n_rows == 0 || view.n_cols == 0) return cudaSuccess;
   SortScratch scratch{};
   cudaError_t status = sort_scratch(view, scratch);
   if (status != cudaSuccess) return status;
@@ -217,21 +298,25 @@ cudaError_t sort_top_k(const HeadMeanView& view, std::size_t k, std::int32_t* in
   auto* bytes = static_cast<unsigned char*>(temp);
   auto* keys = reinterpret_cast<std::uint64_t*>(bytes);
   auto* sorted = reinterpret_cast<std::uint64_t*>(bytes + scratch.keys_bytes);
-  auto* offsets = reinterpret_cast<std::int64_t*>(bytes + 2 * scratch.keys_bytes);
+  auto* offsets = reinterpret_cast<int*>(bytes + 2 * scratch.keys_bytes);
   void* cub_temp = bytes + 2 * scratch.keys_bytes + scratch.offsets_bytes;
-
-  status = dispatch_dtype<LaunchKeys>(view.dtype, view, keys, offsets, stream);
-  if (status != cudaSuccess) return status;
-  const std::size_t n = view.n_rows * view.n_cols;
-  status = cub::DeviceSegmentedSort::SortKeysDescending(cub_temp, scratch.cub_bytes, keys, sorted,
-                                                        static_cast<std::int64_t>(n),
-                                                        static_cast<std::int64_t>(view.n_rows), offsets, offsets + 1,
-                                                        stream);
-  if (status != cudaSuccess) return status;
-  const std::size_t outputs = view.n_rows * k;
-  const auto blocks = static_cast<unsigned>(std::min<std::size_t>((outputs + 255) / 256, 1u << 16));
-  take_k_kernel<<<blocks, 256, 0, stream>>>(sorted, view.n_rows, view.n_cols, k, indices, weights);
-  return cudaGetLastError();
+  const std::size_t batch = sort_batch_rows(view);
+  for (std::size_t first = 0; first < view.n_rows; first += batch) {
+    const std::size_t rows = std::min(batch, view.n_rows - first);
+    const std::size_t n = rows * view.n_cols;
+    status = dispatch_dtype<LaunchKeys>(view.dtype, view, first, rows, keys, offsets, stream);
+    if (status != cudaSuccess) return status;
+    std::size_t cub_bytes = scratch.cub_bytes;
+    status =
+        cub::DeviceSegmentedRadixSort::SortKeysDescending(cub_temp, cub_bytes, keys, sorted, static_cast<int>(n),
+                                                          static_cast<int>(rows), offsets, offsets + 1, 0, 64, stream);
+    if (status != cudaSuccess) return status;
+    take_k_kernel<<<grid_blocks(rows * k, 256), 256, 0, stream>>>(sorted, rows, view.n_cols, k, indices + first * k,
+                                                                  weights + first * k);
+    status = cudaGetLastError();
+    if (status != cudaSuccess) return status;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace micache::cuda

@@ -56,6 +56,10 @@ void require_k(std::size_t k) {
 }
 
 TopK run_top_k(const Tensor& pattern, const HeadMeanView& view, std::size_t k, Stream stream) {
+  if (view.n_cols > kMaxTopKColumns) {
+    throw Error(ErrorCode::Shape, fmt::format("top-k over {} keys exceeds the int32 index range (max {})", view.n_cols,
+                                              kMaxTopKColumns));
+  }
   const std::size_t k_eff = std::min(k, view.n_cols);
   const Device device = pattern.device();
   TopK result{Tensor::empty({view.n_rows, k_eff}, DType::I32, device, stream),

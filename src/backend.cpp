@@ -45,7 +45,13 @@ MemoryStats Backend::memory_stats() const noexcept {
   stats.in_use = in_use_.load(std::memory_order_relaxed);
   stats.reserved = reserved_bytes();
   stats.peak = peak_.load(std::memory_order_relaxed);
+  stats.trims = trims_.load(std::memory_order_relaxed);
   return stats;
+}
+
+void Backend::release_unused_memory(Stream stream) {
+  do_release_unused_memory(stream);
+  trims_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Backend::reset_peak() noexcept { peak_.store(in_use_.load(std::memory_order_relaxed)); }

@@ -227,11 +227,15 @@ void KVCache::reserve(std::size_t tokens) {
 }
 
 void KVCache::shrink_to_fit() {
+  const Layer* populated = first_populated();
+  if (populated == nullptr) return;
+  Backend& backend = backend_for(populated->keys.device());
   std::vector<Layer> next = layers_;
   for (Layer& layer : next) {
     if (layer.populated() && layer.capacity() != layer.length) layer = resized(layer, layer.length);
   }
-  layers_ = std::move(next);
+  layers_ = std::move(next);  // frees the old rings on stream_
+  backend.release_unused_memory(stream_);
 }
 
 Tensor KVCache::dense(const Layer& layer, const Tensor& ring) const {

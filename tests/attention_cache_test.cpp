@@ -310,3 +310,22 @@ INSTANTIATE_TEST_SUITE_P(Backends, AttentionCacheTest, ::testing::ValuesIn(test_
 
 }  // namespace
 }  // namespace micache::testing
+
+namespace micache::testing {
+namespace {
+
+// Top-k indices are int32 on every backend: a row of 2^31 keys is refused
+// before any kernel reads it (the tensor wraps 4 bytes that claim 8 GiB).
+TEST(AttentionCacheTopK, RowsLongerThanTheInt32IndexRangeAreAShapeError) {
+  float storage = 0.5f;
+  const std::size_t keys = std::size_t{1} << 31;
+  AttentionCache cache;
+  cache.push(Tensor::wrap(&storage, {1, 1, 1, keys}, DType::F32, Device::cpu(), {}));
+  expect_error([&] { cache.top_attended_tensor(0, 0, 5); }, ErrorCode::Shape,
+               "top-k over 2147483648 keys exceeds the int32 index range (max 2147483647)");
+  expect_error([&] { cache.top_attended_all(0, 5); }, ErrorCode::Shape,
+               "top-k over 2147483648 keys exceeds the int32 index range (max 2147483647)");
+}
+
+}  // namespace
+}  // namespace micache::testing

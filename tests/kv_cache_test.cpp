@@ -252,6 +252,21 @@ TEST_P(KVCacheTest, ShrinkToFitAfterTrimGivesMemoryBackToTheBackend) {
   EXPECT_TRUE(first.shares_storage_with(cache.keys(0)));  // dense now: keys() returns the buffer, no gather
 }
 
+TEST_P(KVCacheTest, ShrinkToFitHasTheBackendReturnItsUnusedMemoryToTheSystem) {
+  Backend& backend = backend_for(GetParam());
+  KVCache cache = filled(2, 50);
+  const std::size_t trims = backend.memory_stats().trims;
+  cache.shrink_to_fit();
+  EXPECT_EQ(backend.memory_stats().trims, trims + 1);  // Backend::release_unused_memory, once
+  EXPECT_GE(backend.memory_stats().reserved, backend.memory_stats().in_use);
+  cache.shrink_to_fit();  // nothing to reallocate: still hands back what the backend holds unused
+  EXPECT_EQ(backend.memory_stats().trims, trims + 2);
+  KVCache empty(3);
+  empty.shrink_to_fit();  // no populated layer: no device to ask
+  EXPECT_EQ(backend.memory_stats().trims, trims + 2);
+  expect_holds(cache, 0, 50);
+}
+
 TEST_P(KVCacheTest, HalfPrecisionTokensRoundTrip) {
   for (DType dtype : {DType::F16, DType::BF16}) {
     KVCache cache(1);

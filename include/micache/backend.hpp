@@ -20,6 +20,10 @@ namespace micache {
 /// Largest k the warp-level top-k selection handles; larger k sorts each row.
 inline constexpr std::size_t kWarpTopKMax = 32;
 
+/// Most columns a top-k row may have: indices are int32 on every backend, so
+/// callers reject longer rows (Shape) before calling `top_k_head_mean`.
+inline constexpr std::size_t kMaxTopKColumns = 0x7fffffff;
+
 /// Rows per partial sum of `Backend::head_mean_column_sums` (fixes its summation order).
 inline constexpr std::size_t kColumnSumChunkRows = 64;
 
@@ -66,6 +70,28 @@ class Backend {
   /// Fault injection: the `n`-th allocation from now (1 = the next) throws
   /// OutOfMemory, then injection disarms. `n = 0` disarms.
   void fail_allocation_after(std::size_t n) noexcept;
+  /// Returns to the system the memory this backend holds but no allocation
+  /// uses. Synchronises `stream` first, so that blocks freed on it are free,
+  /// then releases every free block the device can release. CUDA: after
+  /// cudaStreamSynchronize, cudaMemPoolTrimTo(pool, 0) on micache's pool
+  /// (blocks freed on another stream whose work is still queued stay
+  /// reserved); without a pool (MICACHE_CUDA_ALLOCATOR=plain, the CPU) there
+  /// is nothing to release. Each call that returns adds one to
+  /// `memory_stats().trims`. Not capturable in a CUDA graph (it synchronises).
+  /// Error: Backend when the device fails or `stream` is not a live stream of
+  /// this backend. Complexity: the wait, plus O(free blocks of the pool).
+  void release_unused_memory(Stream stream = {});
+
+  // ---- errors ------------------------------------------------------------
+
+  /// Device errors met by calls that cannot throw (`deallocate`,
+  /// `destroy_stream`, a backend's destruction, restoring the caller's current
+  /// device after a call), counted since the process started. Each is cleared
+  /// where it happens, so that no later call reports it as its own, and the
+  /// first of the process is written once to stderr. CUDA: one count for all
+  /// CUDA backends (the runtime keeps one error state per thread, not per
+  /// device). CPU: always 0 (its noexcept calls cannot fail).
+  virtual std::size_t deferred_errors() const noexcept { return 0; }
 
   // ---- streams ---------------------------------------------------------
 
@@ -98,9 +124,11 @@ class Backend {
   virtual void head_mean(const HeadMeanView& view, float* out, Stream stream) = 0;
 
   /// For each of the `n_rows` rows of head means of `view`, the `k` largest
-  /// (1 <= k <= n_cols) in the order of detail::top_k_key: `indices[r*k + j]`
-  /// is the column of the j-th, `weights[r*k + j]` its head mean. One pass
-  /// over the row for k <= kWarpTopKMax; a segmented sort of the row above.
+  /// (1 <= k <= n_cols <= kMaxTopKColumns) in the order of detail::top_k_key:
+  /// `indices[r*k + j]` is the column of the j-th, `weights[r*k + j]` its head
+  /// mean. One pass over the row for k <= kWarpTopKMax (on CUDA, a row split
+  /// over several blocks and merged when there are few rows); a sort of each
+  /// row above. Neither path synchronises the host.
   virtual void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices,
                                float* weights, Stream stream) = 0;
 
@@ -143,6 +171,9 @@ class Backend {
   /// Returns nullptr when the device has no memory for `bytes` (> 0).
   virtual void* do_allocate(std::size_t bytes, Stream stream) = 0;
   virtual void do_deallocate(void* ptr, std::size_t bytes, Stream stream) noexcept = 0;
+  /// The device's part of `release_unused_memory` (which counts the call);
+  /// does nothing by default, for a backend that keeps no pool.
+  virtual void do_release_unused_memory(Stream stream) { static_cast<void>(stream); }
   /// Bytes held from the system; defaults to bytes in use (no pool).
   virtual std::size_t reserved_bytes() const noexcept { return bytes_in_use(); }
   std::size_t bytes_in_use() const noexcept { return in_use_.load(std::memory_order_relaxed); }
@@ -151,6 +182,7 @@ class Backend {
   std::atomic<std::size_t> in_use_{0};
   std::atomic<std::size_t> peak_{0};
   std::atomic<std::size_t> fault_countdown_{0};
+  std::atomic<std::size_t> trims_{0};
 };
 
 }  // namespace micache

@@ -29,8 +29,8 @@ enum class EvictionPolicy {
 /// buffer, no host synchronisation) and grows capacity only when full (to
 /// max(needed, 2 * capacity, 16) tokens, so appends are amortised O(1));
 /// `trim_to` keeps the last N tokens by moving the ring's start (no byte is
-/// moved); `shrink_to_fit` reallocates to exactly seq_len tokens, giving the
-/// rest back to the backend.
+/// moved); `shrink_to_fit` reallocates to exactly seq_len tokens and has the
+/// backend return its unused memory to the system (Backend::release_unused_memory).
 ///
 /// Layers: every populated layer has the same batch, kv_heads, head_dim, dtype
 /// and device (checked; Shape or Config error). Layers may differ in length
@@ -49,7 +49,8 @@ enum class EvictionPolicy {
 /// stream's order and stay alive until it has read them (as with any CUDA
 /// library call); with an OwnedStream and tensors from the default stream this
 /// holds by itself. No call waits for the device but `evict_heavy_hitters`,
-/// which reads the chosen indices back, and `save`.
+/// which reads the chosen indices back, `shrink_to_fit`, which waits for the
+/// stream before returning memory to the system, and `save`.
 ///
 /// Thread safety: const queries may run concurrently; mutation needs exclusive access.
 class KVCache {
@@ -142,7 +143,13 @@ class KVCache {
   bool evict_heavy_hitters(const Tensor& scores, std::size_t heavy, std::size_t window);
 
   /// Reallocates every layer to exactly seq_len tokens (0 frees the buffers),
-  /// returning spare capacity to the backend. Error: OutOfMemory (unchanged).
+  /// then synchronises the cache's stream and returns the backend's unused
+  /// memory to the system (Backend::release_unused_memory): the bytes freed
+  /// leave `memory_stats().reserved` too, not only `in_use`, unless another
+  /// handle still shares a freed buffer. Complexity: one copy of the kept
+  /// tokens per reallocated layer, and the wait. Errors: OutOfMemory
+  /// (unchanged); Backend when the device fails while returning memory (the
+  /// layers are then already reallocated, their tokens and positions intact).
   void shrink_to_fit();
 
   /// Original position (count of tokens appended or set before it) of the

@@ -1,10 +1,14 @@
-// On a stream of its own a cache's decode step can be captured into a CUDA
-// graph (the default stream cannot be captured at all): KVCache::append
-// within reserved capacity is one kernel launch with no allocation, no
-// synchronisation and no host read. Skipped, saying why, without a device.
+// Every call the README lists as graph-capturable, captured on a stream of
+// its own (the default stream cannot be captured at all), instantiated,
+// replayed, and compared bit for bit with the same call made directly:
+// KVCache::append within reserved capacity, and the Backend kernel ops with
+// caller-owned outputs (their scratch becomes graph memory nodes). A call
+// that synchronised the host or read device memory back would fail
+// cudaStreamEndCapture. Skipped, saying why, without a device.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <vector>
 
 #include "../test_support.hpp"
@@ -61,6 +65,160 @@ TEST(GraphCapture, KVCacheAppendWithinCapacityIsCapturedThenReplayed) {
   expect_same_bits(cache.values(0).to_host_f32(), concatenated(4, 2, 1, 4));
   EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
   EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
+}
+
+// Device memory of `bytes` bytes on cuda:0's backend, from host `values`.
+class DeviceBytes {
+ public:
+  DeviceBytes(Backend& backend, const void* values, std::size_t bytes)
+      : backend_(backend), bytes_(bytes), data_(backend.allocate(bytes)) {
+    backend.copy_host_to_device(data_, values, bytes, Stream{});
+    backend.synchronize(Stream{});
+  }
+  explicit DeviceBytes(Backend& backend, std::size_t bytes)
+      : backend_(backend), bytes_(bytes), data_(backend.allocate(bytes)) {
+    cudaMemset(data_, 0xff, bytes);
+  }
+  DeviceBytes(const DeviceBytes&) = delete;
+  DeviceBytes& operator=(const DeviceBytes&) = delete;
+  ~DeviceBytes() { backend_.deallocate(data_, bytes_); }
+  void* get() const { return data_; }
+  std::vector<std::uint8_t> read() const {
+    std::vector<std::uint8_t> out(bytes_);
+    backend_.copy_device_to_host(out.data(), data_, bytes_, Stream{});
+    return out;
+  }
+  void poison() const {
+    cudaMemset(data_, 0xff, bytes_);
+    cudaDeviceSynchronize();
+  }
+
+ private:
+  Backend& backend_;
+  std::size_t bytes_;
+  void* data_;
+};
+
+// Runs `op(stream)` directly, reads `outputs`, poisons them, captures
+// `op(stream)` into a graph (expecting the capture to succeed), replays it
+// and expects the same bytes.
+void expect_capture_replays_direct_call(const std::function<void(Stream)>& op,
+                                        const std::vector<const DeviceBytes*>& outputs) {
+  const OwnedStream stream(Device::cuda(0));
+  op(stream.get());
+  stream.synchronize();
+  std::vector<std::vector<std::uint8_t>> direct;
+  for (const DeviceBytes* out : outputs) direct.push_back(out->read());
+  for (const DeviceBytes* out : outputs) out->poison();
+
+  auto* native = static_cast<cudaStream_t>(stream.get().handle);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(native, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  op(stream.get());
+  ASSERT_EQ(cudaStreamEndCapture(native, &graph), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, native), cudaSuccess);
+  stream.synchronize();
+  for (std::size_t i = 0; i < outputs.size(); ++i) EXPECT_EQ(outputs[i]->read(), direct[i]) << "output " << i;
+  EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
+  EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
+}
+
+// A [heads, rows, cols] F32 pattern on cuda:0 and the view of all of it.
+struct Pattern {
+  std::size_t heads, rows, cols;
+  std::vector<float> values;
+  DeviceBytes data;
+
+  Pattern(Backend& backend, std::size_t h, std::size_t r, std::size_t c)
+      : heads(h),
+        rows(r),
+        cols(c),
+        values(random_softmax_rows(h * r, c, 5)),
+        data(backend, values.data(), values.size() * sizeof(float)) {}
+
+  HeadMeanView view() const {
+    HeadMeanView v;
+    v.data = data.get();
+    v.dtype = DType::F32;
+    v.head_stride = rows * cols;
+    v.n_rows = rows;
+    v.row_stride = cols;
+    v.n_cols = cols;
+    v.heads.count = static_cast<std::uint32_t>(heads);
+    return v;
+  }
+};
+
+TEST(GraphCapture, HeadMeanOfOneRowAndOfManyRows) {
+  MICACHE_REQUIRE_CUDA();
+  Backend& backend = backend_for(Device::cuda(0));
+  const Pattern pattern(backend, 32, 64, 8192);
+  DeviceBytes all(backend, 64 * 8192 * sizeof(float));
+  DeviceBytes row(backend, 8192 * sizeof(float));
+  HeadMeanView one = pattern.view();
+  one.n_rows = 1;
+  expect_capture_replays_direct_call(
+      [&](Stream s) {
+        backend.head_mean(pattern.view(), static_cast<float*>(all.get()), s);
+        backend.head_mean(one, static_cast<float*>(row.get()), s);
+      },
+      {&all, &row});
+}
+
+TEST(GraphCapture, ColumnSumsOverSeveralChunks) {
+  MICACHE_REQUIRE_CUDA();
+  Backend& backend = backend_for(Device::cuda(0));
+  const Pattern pattern(backend, 8, 3 * kColumnSumChunkRows + 1, 1000);
+  DeviceBytes out(backend, 1000 * sizeof(float));
+  expect_capture_replays_direct_call(
+      [&](Stream s) { backend.head_mean_column_sums(pattern.view(), static_cast<float*>(out.get()), s); }, {&out});
+}
+
+TEST(GraphCapture, TopKOfASplitRowAndBySort) {
+  MICACHE_REQUIRE_CUDA();
+  Backend& backend = backend_for(Device::cuda(0));
+  const Pattern pattern(backend, 32, 2, 8192);
+  HeadMeanView one = pattern.view();
+  one.n_rows = 1;  // split over segments, then merged: scratch allocated in the graph
+  DeviceBytes warp_indices(backend, 5 * sizeof(std::int32_t));
+  DeviceBytes warp_weights(backend, 5 * sizeof(float));
+  DeviceBytes sort_indices(backend, 2 * 100 * sizeof(std::int32_t));
+  DeviceBytes sort_weights(backend, 2 * 100 * sizeof(float));
+  expect_capture_replays_direct_call(
+      [&](Stream s) {
+        backend.top_k_head_mean(one, 5, static_cast<std::int32_t*>(warp_indices.get()),
+                                static_cast<float*>(warp_weights.get()), s);
+        backend.top_k_head_mean(pattern.view(), 100, static_cast<std::int32_t*>(sort_indices.get()),
+                                static_cast<float*>(sort_weights.get()), s);
+      },
+      {&warp_indices, &warp_weights, &sort_indices, &sort_weights});
+}
+
+TEST(GraphCapture, ConvertAndCopyTokens) {
+  MICACHE_REQUIRE_CUDA();
+  Backend& backend = backend_for(Device::cuda(0));
+  const std::vector<float> values = random_values(4 * 64 * 128, 9, -2.0f, 2.0f);
+  const DeviceBytes source(backend, values.data(), values.size() * sizeof(float));
+  DeviceBytes halves(backend, values.size() * 2);
+  DeviceBytes ring(backend, values.size() * sizeof(float));
+  TokenCopy copy;
+  copy.src[0] = source.get();
+  copy.dst[0] = ring.get();
+  copy.planes = 4;
+  copy.tokens = 50;
+  copy.token_bytes = 128 * sizeof(float);
+  copy.src_capacity = 64;
+  copy.src_start = 40;
+  copy.dst_capacity = 64;
+  copy.dst_start = 30;
+  expect_capture_replays_direct_call(
+      [&](Stream s) {
+        backend.convert(source.get(), DType::F32, halves.get(), DType::BF16, values.size(), s);
+        backend.copy_tokens(copy, s);
+      },
+      {&halves, &ring});
 }
 
 }  // namespace

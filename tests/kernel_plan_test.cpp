@@ -1,0 +1,469 @@
+// The CUDA kernels' decompositions, proved on the host: each test runs the
+// same host/device functions a kernel runs (cuda/*_plan.hpp, cuda/grid.hpp,
+// cuda/row_split.hpp, cuda/fast_divmod.hpp, detail/parallel_record.hpp) for
+// every block and thread of a launch, at small, boundary and large sizes,
+// and checks that every output is written exactly once, every read stays in
+// its buffer, and the parallel steps give the sequential functions' bits.
+// No GPU needed: this is what the first GPU run confirms rather than discovers.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "cuda/fast_divmod.hpp"
+#include "cuda/grid.hpp"
+#include "cuda/record_plan.hpp"
+#include "cuda/row_split.hpp"
+#include "cuda/token_copy_plan.hpp"
+#include "micache/detail/attend_split.hpp"
+#include "micache/detail/parallel_record.hpp"
+#include "micache/detail/top_k_key.hpp"
+#include "micache/detail/turbo_quant.hpp"
+#include "test_support.hpp"
+
+namespace micache::testing {
+namespace {
+
+using cuda::FastDivmod;
+
+// ---- grid sizing ----
+
+TEST(GridBlocks, CoversEveryItemWithinTheCap) {
+  EXPECT_EQ(cuda::grid_blocks(0, 256), 1u);
+  EXPECT_EQ(cuda::grid_blocks(1, 256), 1u);
+  EXPECT_EQ(cuda::grid_blocks(256, 256), 1u);
+  EXPECT_EQ(cuda::grid_blocks(257, 256), 2u);
+  EXPECT_EQ(cuda::grid_blocks(std::size_t{1} << 40, 128), cuda::kMaxGridBlocks);
+  EXPECT_EQ(cuda::grid_blocks(100000, 1, cuda::kMaxGridY), cuda::kMaxGridY);
+}
+
+TEST(GridBlocks, CappedGridsLeaveWorkThatOnlyAGridStrideLoopReaches) {
+  // 2^28 tokens of one head at 128 tokens per block need 2^21 blocks: the
+  // capped grid covers half, so every capped kernel must loop.
+  const std::size_t tokens = std::size_t{1} << 28;
+  EXPECT_LT(std::size_t{cuda::grid_blocks(tokens, 128)} * 128, tokens);
+}
+
+// ---- FastDivmod ----
+
+TEST(FastDivmod, QuotientAndRemainderAreExactForEveryDivisorShape) {
+  const std::vector<std::uint32_t> divisors = {
+      1, 2, 3, 5, 7, 17, 19, 25, 31, 32, 33, 100, 255, 4097, 1u << 31, (1u << 31) + 1, 0xfffffffeu, 0xffffffffu};
+  std::vector<std::uint32_t> numerators = {0,    1,           2,           31,          32,         33,
+                                           1000, 0x7fffffffu, 0x80000000u, 0xfffffffeu, 0xffffffffu};
+  std::mt19937 rng(7);
+  for (int i = 0; i < 2000; ++i) numerators.push_back(static_cast<std::uint32_t>(rng()));
+  for (const std::uint32_t d : divisors) {
+    const FastDivmod fast(d);
+    for (const std::uint32_t n : numerators) {
+      std::uint32_t q = 0;
+      std::uint32_t r = 0;
+      fast.divmod(n, q, r);
+      ASSERT_EQ(q, n / d) << n << " / " << d;
+      ASSERT_EQ(r, n % d) << n << " % " << d;
+    }
+    for (std::uint32_t m = 1; m < 64; ++m) {  // around multiples of d
+      const std::uint64_t around = std::uint64_t{d} * m;
+      for (std::uint64_t n = around > 0 ? around - 1 : 0; n <= around + 1 && n <= 0xffffffffu; ++n) {
+        ASSERT_EQ(fast.div(static_cast<std::uint32_t>(n)), static_cast<std::uint32_t>(n / d)) << n << " / " << d;
+      }
+    }
+  }
+}
+
+// ---- copy_tokens ----
+
+struct CopyCase {
+  const char* name;
+  std::size_t buffers, planes, tokens, units, src_capacity, src_start, dst_capacity, dst_start;
+  bool gather;
+  unsigned token_blocks_cap, pair_blocks_cap;  // 0 = the launcher's plan
+};
+
+// Runs copy_tokens_thread for every block and thread of `launch` and checks
+// each destination unit is written once, from the unit the TokenCopy
+// contract names, with every index inside its buffer.
+void walk_copy(const CopyCase& c) {
+  std::vector<std::int32_t> gather(c.tokens);
+  for (std::size_t t = 0; t < c.tokens; ++t) gather[t] = static_cast<std::int32_t>((t * 7 + 3) % c.src_capacity);
+  TokenCopy copy;
+  copy.buffers = c.buffers;
+  copy.planes = c.planes;
+  copy.tokens = c.tokens;
+  copy.token_bytes = c.units * 16;
+  copy.src_capacity = c.src_capacity;
+  copy.src_start = c.src_start % c.src_capacity;
+  copy.dst_capacity = c.dst_capacity;
+  copy.dst_start = c.dst_start % c.dst_capacity;
+  copy.src_tokens = c.gather ? gather.data() : nullptr;
+  cuda::CopyTokensLaunch launch = cuda::plan_copy_tokens(copy, c.units);
+  if (c.token_blocks_cap != 0) launch.token_blocks = std::min(launch.token_blocks, c.token_blocks_cap);
+  if (c.pair_blocks_cap != 0) launch.pair_blocks = std::min(launch.pair_blocks, c.pair_blocks_cap);
+  ASSERT_EQ(launch.unit_threads * launch.token_threads <= cuda::kCopyBlockThreads, true);
+
+  const std::size_t dst_units = c.planes * c.dst_capacity * c.units;
+  const std::size_t src_units = c.planes * c.src_capacity * c.units;
+  std::vector<std::vector<std::int64_t>> written(c.buffers, std::vector<std::int64_t>(dst_units, -1));
+  std::size_t moves = 0;
+  for (unsigned by = 0; by < launch.pair_blocks; ++by) {
+    for (unsigned bx = 0; bx < launch.token_blocks; ++bx) {
+      for (unsigned ty = 0; ty < launch.token_threads; ++ty) {
+        for (unsigned tx = 0; tx < launch.unit_threads; ++tx) {
+          cuda::copy_tokens_thread(copy, c.units, launch, bx, by, tx, ty,
+                                   [&](std::size_t buffer, std::size_t dst, std::size_t src) {
+                                     ASSERT_LT(buffer, c.buffers);
+                                     ASSERT_LT(dst, dst_units);
+                                     ASSERT_LT(src, src_units);
+                                     ASSERT_EQ(written[buffer][dst], -1) << "unit written twice";
+                                     written[buffer][dst] = static_cast<std::int64_t>(src);
+                                     ++moves;
+                                   });
+        }
+      }
+    }
+  }
+  ASSERT_EQ(moves, c.buffers * c.planes * c.tokens * c.units);
+  for (std::size_t b = 0; b < c.buffers; ++b) {
+    for (std::size_t p = 0; p < c.planes; ++p) {
+      for (std::size_t t = 0; t < c.tokens; ++t) {
+        const std::size_t logical = c.gather ? static_cast<std::size_t>(gather[t]) : t;
+        const std::size_t s = p * c.src_capacity + (c.src_start + logical) % c.src_capacity;
+        const std::size_t d = p * c.dst_capacity + (c.dst_start + t) % c.dst_capacity;
+        for (std::size_t u = 0; u < c.units; ++u) {
+          ASSERT_EQ(written[b][d * c.units + u], static_cast<std::int64_t>(s * c.units + u))
+              << "buffer " << b << " plane " << p << " token " << t << " unit " << u;
+        }
+      }
+    }
+  }
+}
+
+class CopyTokensPlan : public ::testing::TestWithParam<CopyCase> {};
+
+TEST_P(CopyTokensPlan, WritesEveryDestinationUnitOnceFromItsSource) { walk_copy(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, CopyTokensPlan,
+    ::testing::Values(CopyCase{"one_unit_one_token", 1, 1, 1, 1, 4, 0, 4, 0, false, 0, 0},
+                      CopyCase{"decode_append_wraps", 2, 8, 1, 16, 64, 63, 64, 63, false, 0, 0},
+                      CopyCase{"both_rings_wrap", 2, 3, 50, 4, 64, 40, 70, 60, false, 0, 0},
+                      CopyCase{"units_not_a_power_of_two", 1, 4, 33, 10, 40, 5, 33, 0, false, 0, 0},
+                      CopyCase{"units_above_the_block", 1, 2, 5, 300, 8, 6, 5, 2, false, 0, 0},
+                      CopyCase{"gather", 2, 4, 37, 8, 50, 13, 37, 0, true, 0, 0},
+                      CopyCase{"grid_stride_over_tokens_and_pairs", 2, 7, 200, 2, 256, 100, 300, 250, false, 2, 3},
+                      CopyCase{"start_equal_to_capacity_reduces", 1, 1, 4, 1, 8, 8, 8, 16, false, 0, 0}),
+    [](const ::testing::TestParamInfo<CopyCase>& param) { return std::string(param.param.name); });
+
+TEST(CopyTokensPlan, RingSlotWrapsWithOneSubtraction) {
+  EXPECT_EQ(cuda::ring_slot(0, 0, 8), 0u);
+  EXPECT_EQ(cuda::ring_slot(7, 0, 8), 7u);
+  EXPECT_EQ(cuda::ring_slot(7, 1, 8), 0u);
+  EXPECT_EQ(cuda::ring_slot(7, 7, 8), 6u);
+}
+
+// ---- top-k row split ----
+
+TEST(TopKSplit, SegmentsCoverEveryColumnOnceInTileMultiples) {
+  for (const std::size_t rows :
+       {std::size_t{1}, std::size_t{2}, std::size_t{12}, std::size_t{264}, std::size_t{4096}}) {
+    for (const std::size_t cols : {std::size_t{1}, std::size_t{31}, std::size_t{1023}, std::size_t{1024},
+                                   std::size_t{8192}, std::size_t{100000}, std::size_t{1} << 30}) {
+      for (const std::size_t tile : {std::size_t{128}, std::size_t{1024}}) {
+        const cuda::TopKSplit split = cuda::plan_top_k_split(rows, cols, tile, 132);
+        ASSERT_GE(split.segments, 1u);
+        ASSERT_LE(split.segments, cuda::kMaxGridY);
+        ASSERT_EQ(split.segment_columns % tile, 0u);
+        ASSERT_GE(split.segments * split.segment_columns, cols) << rows << "x" << cols;
+        ASSERT_LT((split.segments - 1) * split.segment_columns, cols) << "an empty segment";
+        if (split.segments > 1) {
+          ASSERT_GE(split.segment_columns, cuda::kTopKMinSegmentColumns);
+        }
+      }
+    }
+  }
+}
+
+TEST(TopKSplit, OneRowQueriesSpreadOverTheDevice) {
+  EXPECT_EQ(cuda::plan_top_k_split(1, 8192, 1024, 132).segments, 8u);
+  // 264 wanted; segments of 2^20 / 264 columns round up to 4 tiles of 1024: 256 segments.
+  EXPECT_EQ(cuda::plan_top_k_split(1, 1 << 20, 1024, 132).segments, 256u);
+  EXPECT_EQ(cuda::plan_top_k_split(4096, 8192, 1024, 132).segments, 1u);  // enough rows already
+}
+
+// The merge keeps the k best keys of the segments' k best: the answer of one
+// pass over the row, whatever the split (keys are unique and totally ordered).
+TEST(TopKSplit, MergingSegmentWinnersGivesTheWholeRowsTopK) {
+  const std::size_t cols = 20000;
+  std::vector<float> row = random_values(cols, 11);
+  for (std::size_t c = 0; c < cols; c += 97) row[c] = 0.5f;  // many ties
+  row[5] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<std::uint64_t> keys(cols);
+  for (std::size_t c = 0; c < cols; ++c) {
+    keys[c] = detail::top_k_key(float_bits(row[c]), static_cast<std::uint32_t>(c));
+  }
+  for (const std::size_t k : {std::size_t{1}, std::size_t{31}, std::size_t{32}}) {
+    std::vector<std::uint64_t> whole = keys;
+    std::sort(whole.rbegin(), whole.rend());
+    whole.resize(k);
+    const cuda::TopKSplit split = cuda::plan_top_k_split(1, cols, 128, 132);
+    ASSERT_GT(split.segments, 1u);
+    std::vector<std::uint64_t> candidates;
+    for (std::size_t s = 0; s < split.segments; ++s) {
+      std::vector<std::uint64_t> segment(
+          keys.begin() + static_cast<std::ptrdiff_t>(s * split.segment_columns),
+          keys.begin() + static_cast<std::ptrdiff_t>(std::min(cols, (s + 1) * split.segment_columns)));
+      std::sort(segment.rbegin(), segment.rend());
+      segment.resize(k, 0);
+      candidates.insert(candidates.end(), segment.begin(), segment.end());
+    }
+    std::sort(candidates.rbegin(), candidates.rend());
+    candidates.resize(k);
+    EXPECT_EQ(candidates, whole) << "k = " << k;
+  }
+}
+
+TEST(RowTiles, OneRowHeadMeanTilesCoverTheRow) {
+  EXPECT_EQ(cuda::row_tile_blocks(1), 1u);
+  EXPECT_EQ(cuda::row_tile_blocks(8192), 128u);
+  EXPECT_EQ(cuda::row_tile_blocks(8193), 129u);
+  EXPECT_GE(std::size_t{cuda::row_tile_blocks(100)} * cuda::kRowTileColumns, 100u);
+  EXPECT_LE(cuda::kRowHeadChunk * cuda::kRowTileColumns * sizeof(float), cuda::kSharedBudget);
+}
+
+// ---- staged record loads ----
+
+struct StageCase {
+  std::size_t capacity, start, first;
+  std::uint32_t count, record_bytes, ranks;
+};
+
+TEST(StagedRecords, EveryWordOfTheTileIsLoadedOnceFromItsRingSlot) {
+  const std::vector<StageCase> cases = {{16, 0, 0, 1, 4, 128},        {16, 15, 0, 16, 76, 128},
+                                        {300, 250, 10, 128, 68, 128}, {300, 299, 172, 128, 256, 128},
+                                        {1000, 3, 900, 100, 44, 256}, {7, 6, 3, 4, 140, 32}};
+  for (const StageCase& c : cases) {
+    RecordRing ring;
+    ring.capacity = c.capacity;
+    ring.start = c.start;
+    ring.heads = 3;
+    const std::size_t head = 2;
+    const std::uint32_t words = c.record_bytes / 4;
+    const std::uint32_t stride = cuda::staged_stride_words(c.record_bytes);
+    ASSERT_EQ(stride % 2, 1u);
+    ASSERT_GE(stride, words);
+    std::map<std::size_t, std::size_t> loaded;  // shared word -> global word
+    for (std::uint32_t rank = 0; rank < c.ranks; ++rank) {
+      cuda::for_each_staged_word(ring, head, c.first, c.count, FastDivmod(words), stride, rank, c.ranks,
+                                 [&](std::size_t to, std::size_t from) {
+                                   ASSERT_TRUE(loaded.emplace(to, from).second) << "shared word loaded twice";
+                                   ASSERT_LT(from, ring.heads * ring.capacity * words);
+                                 });
+    }
+    ASSERT_EQ(loaded.size(), std::size_t{c.count} * words);
+    for (std::uint32_t t = 0; t < c.count; ++t) {
+      const std::size_t slot = (c.start + c.first + t) % c.capacity;
+      for (std::uint32_t w = 0; w < words; ++w) {
+        ASSERT_EQ(loaded.at(std::size_t{t} * stride + w), (head * c.capacity + slot) * words + w);
+      }
+    }
+  }
+}
+
+TEST(StagedRecords, ConsecutiveRanksLoadConsecutiveWordsWhereTheRingDoesNotWrap) {
+  RecordRing ring;
+  ring.capacity = 1024;
+  ring.heads = 1;
+  std::vector<std::size_t> order;
+  for (std::uint32_t rank = 0; rank < 32; ++rank) {  // the first word of each lane of warp 0
+    bool first = true;
+    cuda::for_each_staged_word(ring, 0, 0, 128, FastDivmod(19), 19, rank, 128, [&](std::size_t, std::size_t from) {
+      if (first) order.push_back(from);
+      first = false;
+    });
+  }
+  for (std::size_t i = 1; i < order.size(); ++i) EXPECT_EQ(order[i], order[i - 1] + 1);
+}
+
+// ---- shared memory: every head_dim the config accepts launches without opt-in ----
+
+TEST(SharedMemory, EveryRecordKernelStaysWithinTheDefaultLimitForEveryHeadDim) {
+  std::vector<std::uint32_t> dims;
+  for (std::uint32_t d = 1; d <= 2100; ++d) dims.push_back(d);
+  for (std::uint32_t p = 2048; p <= 131072; p <<= 1) {
+    dims.push_back(p - 1);
+    dims.push_back(p);
+    dims.push_back(p + 1);
+  }
+  dims.push_back(131070);
+  for (const std::uint32_t dim : dims) {
+    if (dim > 131070) continue;
+    for (const std::uint32_t bits : {1u, 2u, 3u, 4u, 8u}) {
+      for (const std::uint32_t projections : {0u, 1u, 32u, 65535u}) {
+        const detail::RecordLayout layout = detail::make_record_layout(dim, bits, projections);
+        ASSERT_LE(cuda::score_shared_bytes(layout), cuda::kSharedBudget) << dim;
+        ASSERT_LE(cuda::prepare_shared_bytes(layout), cuda::kSharedBudget) << dim;
+        ASSERT_LE(cuda::attend_partial_shared_bytes(layout), cuda::kSharedBudget) << dim;
+        ASSERT_LE(cuda::combine_shared_bytes(layout), cuda::kSharedBudget) << dim;
+        ASSERT_LE(cuda::encode_shared_bytes(layout), cuda::kSharedBudget) << dim;
+        ASSERT_LE(cuda::decode_shared_bytes(layout), cuda::kSharedBudget) << dim;
+      }
+    }
+  }
+}
+
+TEST(SharedMemory, GlobalScratchOfEncodeAndDecodeStaysBounded) {
+  const detail::RecordLayout largest = detail::make_record_layout(131070, 8, 65535);
+  const std::size_t warps = cuda::global_scratch_warps(cuda::encode_warp_bytes(largest), std::size_t{1} << 30);
+  EXPECT_EQ(warps % cuda::kVectorWarps, 0u);
+  EXPECT_LE(warps * cuda::encode_warp_bytes(largest),
+            (std::size_t{256} << 20) + cuda::kVectorWarps * cuda::encode_warp_bytes(largest));
+  EXPECT_EQ(cuda::global_scratch_warps(cuda::encode_warp_bytes(largest), 1), cuda::kVectorWarps);
+}
+
+// ---- parallel record math: the group steps give the sequential bits ----
+
+std::vector<float> gaussian(std::size_t n, std::uint32_t seed) { return Gaussian(seed).vector(n); }
+
+std::vector<std::uint32_t> random_signs(std::uint32_t p, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<std::uint32_t> signs((2 * p + 31) / 32);
+  for (std::uint32_t& w : signs) w = static_cast<std::uint32_t>(rng());
+  return signs;
+}
+
+struct NoSync {
+  void operator()() const {}
+};
+
+TEST(ParallelRecord, ButterflyIndicesPartitionEveryStage) {
+  for (std::uint32_t p = 2; p <= 4096; p <<= 1) {
+    for (std::uint32_t h = 1; h < p; h <<= 1) {
+      std::vector<int> touched(p, 0);
+      for (std::uint32_t b = 0; b < p / 2; ++b) {
+        const std::uint32_t i = detail::butterfly_first(b, h);
+        ASSERT_EQ((i / h) % 2, 0u);
+        ++touched[i];
+        ++touched[i + h];
+      }
+      for (const int t : touched) ASSERT_EQ(t, 1) << "p " << p << " h " << h;
+    }
+  }
+}
+
+TEST(ParallelRecord, FwhtSplitOverAnyNumberOfRanksGivesTheSequentialBits) {
+  for (const std::uint32_t p : {1u, 2u, 4u, 128u, 1024u, 8192u}) {
+    const std::vector<float> x = gaussian(p, p);
+    std::vector<float> expected = x;
+    detail::fwht(expected.data(), p);
+    for (const std::uint32_t ranks : {1u, 3u, 32u, 256u}) {
+      std::vector<float> actual = x;
+      for (std::uint32_t h = 1; h < p; h <<= 1) {
+        for (std::uint32_t rank = 0; rank < ranks; ++rank) detail::fwht_stage(actual.data(), p, h, rank, ranks);
+      }
+      expect_same_bits(actual, expected);
+    }
+  }
+}
+
+TEST(ParallelRecord, GroupRotateAndUnrotateGiveTheSequentialBits) {
+  for (const std::uint32_t dim : {1u, 3u, 32u, 100u, 128u, 4096u, 4097u}) {
+    const std::uint32_t p = detail::next_power_of_two(dim);
+    const std::vector<float> x = gaussian(dim, dim + 1);
+    const std::vector<std::uint32_t> signs = random_signs(p, dim);
+    std::vector<float> expected(p);
+    std::vector<float> actual(p);
+    detail::rotate(x.data(), dim, expected.data(), signs.data(), p);
+    detail::group_rotate(x.data(), dim, actual.data(), signs.data(), p, 0, 1, NoSync{});
+    expect_same_bits(actual, expected);
+
+    std::vector<float> back_expected(dim);
+    std::vector<float> back_actual(dim);
+    std::vector<float> y = expected;
+    detail::unrotate(y.data(), back_expected.data(), signs.data(), p, dim);
+    y = expected;
+    detail::group_unrotate(y.data(), back_actual.data(), signs.data(), p, dim, 0, 1, NoSync{});
+    expect_same_bits(back_actual, back_expected);
+  }
+}
+
+// warp_tree_sum: each lane tree-sums its lane_block, then lanes combine
+// pairwise (xor 1, 2, 4, ...). Emulated here lane by lane against tree_sum.
+TEST(ParallelRecord, LaneBlocksCombinedPairwiseAreTreeSum) {
+  for (std::uint32_t n = 1; n <= (1u << 17); n <<= 1) {
+    const std::vector<float> v = gaussian(n, n);
+    std::vector<float> sequential = v;
+    const float expected = detail::tree_sum(sequential.data(), n);
+    std::vector<float> work = v;
+    std::vector<float> lanes(32, 0.0f);
+    std::size_t covered = 0;
+    for (std::uint32_t lane = 0; lane < 32; ++lane) {
+      const detail::LaneBlock block = detail::lane_block(n, lane);
+      covered += block.count;
+      if (block.count > 0) lanes[lane] = detail::tree_sum(work.data() + block.first, block.count);
+    }
+    ASSERT_EQ(covered, n);
+    for (std::uint32_t width = 1; width < std::min(n, 32u); width <<= 1) {
+      std::vector<float> next(32);
+      for (std::uint32_t lane = 0; lane < 32; ++lane) next[lane] = detail::add_rn(lanes[lane], lanes[lane ^ width]);
+      lanes = next;
+    }
+    ASSERT_EQ(float_bits(lanes[0]), float_bits(expected)) << "n = " << n;
+  }
+}
+
+TEST(ParallelRecord, CodeWordsEqualThePackedBitStream) {
+  std::mt19937 rng(3);
+  for (std::uint32_t bits = 1; bits <= 8; ++bits) {
+    for (const std::uint32_t dim : {1u, 5u, 32u, 100u, 128u, 1000u}) {
+      const detail::RecordLayout layout = detail::make_record_layout(dim, bits, 0);
+      std::vector<std::uint8_t> codes(layout.padded_dim);
+      std::vector<std::uint8_t> packed(layout.code_bytes, 0);
+      for (std::uint32_t i = 0; i < layout.padded_dim; ++i) {
+        codes[i] = static_cast<std::uint8_t>(rng() & ((1u << bits) - 1u));
+        detail::pack_code(packed.data(), i, bits, codes[i]);
+      }
+      for (std::uint32_t w = 0; w < layout.code_bytes / 4; ++w) {
+        std::uint32_t expected = 0;
+        std::memcpy(&expected, packed.data() + 4 * w, 4);
+        ASSERT_EQ(detail::code_word(codes.data(), layout, w), expected) << "bits " << bits << " dim " << dim;
+      }
+    }
+  }
+}
+
+// ---- attend split ----
+
+TEST(AttendSplit, ChunksCoverEveryTokenOnce) {
+  for (const std::size_t tokens : {std::size_t{1}, std::size_t{255}, std::size_t{256}, std::size_t{257},
+                                   std::size_t{511}, std::size_t{513}, std::size_t{100000}}) {
+    const std::size_t chunks = detail::attend_chunks(tokens);
+    EXPECT_GE(chunks * detail::kAttendChunkTokens, tokens);
+    EXPECT_LT((chunks - 1) * detail::kAttendChunkTokens, tokens);
+  }
+}
+
+TEST(AttendSplit, OneChunkCombinesToItsOwnState) {
+  const std::vector<float> partial = {1.5f, 3.25f, 0.1f, -0.7f};
+  EXPECT_EQ(detail::attend_max(partial.data(), 1, 4), 1.5f);
+  EXPECT_EQ(detail::attend_total(partial.data(), 1, 4, 1.5f), 3.25f);
+  EXPECT_EQ(detail::attend_coordinate(partial.data(), 1, 4, 1.5f, 1), -0.7f);
+}
+
+TEST(AttendSplit, ChunksRescaleToTheLargestMaximum) {
+  // chunk 0: max 0, sum 1, acc 2; chunk 1: max ln 2 (scale 1 vs 2), sum 1, acc 1.
+  const float ln2 = 0.693147182f;
+  const std::vector<float> partials = {0.0f, 1.0f, 2.0f, ln2, 1.0f, 1.0f};
+  const float max = detail::attend_max(partials.data(), 2, 3);
+  EXPECT_EQ(max, ln2);
+  EXPECT_NEAR(detail::attend_total(partials.data(), 2, 3, max), 1.5f, 1e-6f);
+  EXPECT_NEAR(detail::attend_coordinate(partials.data(), 2, 3, max, 0), 2.0f, 1e-6f);
+}
+
+}  // namespace
+}  // namespace micache::testing
