@@ -193,6 +193,8 @@ def main():
         devices.append(torch.device("cpu"))
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append(torch.device("cuda", 0))
+    elif args.device == "cuda":
+        parser.error(f"--device cuda, but torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device")
 
     with torch.inference_mode():
         for device in devices:

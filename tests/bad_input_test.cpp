@@ -243,7 +243,7 @@ TEST(BadInput, EveryRowGivesWhatTheTableSays) {
 }
 
 TEST(BadInput, TheReadmeHoldsEveryRow) {
-  std::ifstream readme(std::string(MICACHE_SOURCE_DIR) + "/README.md");
+  std::ifstream readme(source_file("README.md"));
   std::stringstream text;
   text << readme.rdbuf();
   std::string missing;

@@ -46,6 +46,15 @@ inline std::string test_data(const std::string& file) {
   return "tests/data/" + file;
 }
 
+/// Path of a file of the source tree (README.md): $MICACHE_SOURCE_DIR when set, else the
+/// source tree (compiled in), else the working directory (the repository root of a copy).
+inline std::string source_file(const std::string& file) {
+  if (const char* dir = std::getenv("MICACHE_SOURCE_DIR")) return std::string(dir) + "/" + file;
+  const std::filesystem::path source = std::filesystem::path(MICACHE_SOURCE_DIR) / file;
+  if (std::filesystem::exists(source)) return source.string();
+  return file;
+}
+
 /// Every byte of `path`.
 inline std::vector<char> read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
