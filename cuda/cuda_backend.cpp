@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "cuda/kernels.hpp"
+#include "cuda/radix_select.hpp"
 #include "micache/error.hpp"
 
 namespace micache::cuda {
@@ -196,6 +197,12 @@ class CudaBackend final : public Backend {
     if (k <= kWarpTopKMax) {
       with_scratch<void>(top_k_warp_scratch_bytes(view, k, sms_), stream, "top_k kernel", [&](void* scratch) {
         return launch_top_k_warp(view, k, sms_, scratch, indices, weights, native(stream));
+      });
+      return;
+    }
+    if (k <= kSelectMaxK) {
+      with_scratch<void>(top_k_select_scratch_bytes(view), stream, "top_k select kernel", [&](void* scratch) {
+        return launch_top_k_select(view, k, scratch, indices, weights, native(stream));
       });
       return;
     }

@@ -33,6 +33,16 @@ std::size_t top_k_warp_scratch_bytes(const HeadMeanView& view, std::size_t k, in
 cudaError_t launch_top_k_warp(const HeadMeanView& view, std::size_t k, int sms, void* scratch, std::int32_t* indices,
                               float* weights, cudaStream_t stream);
 
+/// Scratch bytes `launch_top_k_select` needs for `view` (0 for rows of at
+/// most kSelectSharedKeys columns, whose keys stay in shared memory).
+std::size_t top_k_select_scratch_bytes(const HeadMeanView& view);
+
+/// Backend::top_k_head_mean for kWarpTopKMax < k <= kSelectMaxK: block per
+/// row, radix select of the k-th key in eight 8-bit passes, then a bitonic
+/// sort of the k selected keys (cuda/radix_select.hpp). No host synchronisation.
+cudaError_t launch_top_k_select(const HeadMeanView& view, std::size_t k, void* scratch, std::int32_t* indices,
+                                float* weights, cudaStream_t stream);
+
 /// Scratch bytes `sort_top_k` needs for `view`'s rows.
 cudaError_t sort_top_k_temp_bytes(const HeadMeanView& view, std::size_t& bytes);
 

@@ -5,6 +5,7 @@
 #include "cuda/grid.hpp"
 #include "cuda/head_mean.cuh"
 #include "cuda/kernels.hpp"
+#include "cuda/radix_select.hpp"
 #include "cuda/row_split.hpp"
 #include "micache/detail/top_k_key.hpp"
 
@@ -194,6 +195,96 @@ TopKSplit split_of(const HeadMeanView& view, int sms) {
   return plan_top_k_split(view.n_rows, view.n_cols, tile, static_cast<std::size_t>(std::max(sms, 1)));
 }
 
+// ---- radix select: kWarpTopKMax < k <= kSelectMaxK ----
+
+// Memory access: block per row (grid-stride). Thread t computes the keys of
+// columns t, t + kSelectThreads, ... (one element per selected head each,
+// coalesced across threads) into shared memory (rows up to
+// kSelectSharedKeys columns) or the block's global slice; eight passes over
+// those keys build 8-bit digit histograms (shared atomics) and narrow the
+// prefix to the k-th largest key (select_bucket); the k keys at or above it
+// are gathered and sorted by a bitonic network in shared memory; k results
+// written. Bytes: heads * n_cols * element size read once from DRAM; the
+// passes read the keys from shared memory (or L2 for long rows).
+template <DType D>
+__global__ void __launch_bounds__(kSelectThreads)
+    top_k_select_kernel(const __grid_constant__ HeadMeanView view, unsigned k, std::uint64_t* global_keys,
+                        std::int32_t* indices, float* weights) {
+  extern __shared__ __align__(16) std::uint64_t shared_keys[];
+  __shared__ std::uint32_t histogram[kSelectBuckets];
+  __shared__ unsigned chosen_count;
+  const bool in_shared = view.n_cols <= kSelectSharedKeys;
+  std::uint64_t* keys = in_shared ? shared_keys : global_keys + static_cast<std::size_t>(blockIdx.x) * view.n_cols;
+  std::uint64_t* chosen = shared_keys + (in_shared ? kSelectSharedKeys : 0);
+  const std::uint32_t width = select_sort_width(k);
+  for (std::size_t row = blockIdx.x; row < view.n_rows; row += gridDim.x) {
+    for (std::size_t c = threadIdx.x; c < view.n_cols; c += kSelectThreads) {
+      float mean[1];
+      head_mean_vector<D, 1>(view, view.offset + row * view.row_stride + c * view.col_stride, mean);
+      keys[c] = detail::top_k_key(__float_as_uint(mean[0]), static_cast<std::uint32_t>(c));
+    }
+    std::uint64_t prefix = 0;
+    std::size_t rank = k;
+    for (unsigned pass = 0; pass < kSelectPasses; ++pass) {
+      for (unsigned d = threadIdx.x; d < kSelectBuckets; d += kSelectThreads) histogram[d] = 0;
+      __syncthreads();
+      for (std::size_t c = threadIdx.x; c < view.n_cols; c += kSelectThreads) {
+        const std::uint64_t key = keys[c];
+        if (matches_prefix(key, prefix, pass)) atomicAdd(&histogram[select_digit(key, pass)], 1u);
+      }
+      __syncthreads();
+      const SelectStep step = select_bucket(histogram, rank);
+      prefix = with_digit(prefix, pass, step.digit);
+      rank = step.k;
+      __syncthreads();
+    }
+    for (std::uint32_t i = threadIdx.x; i < width; i += kSelectThreads) chosen[i] = 0;
+    if (threadIdx.x == 0) chosen_count = 0;
+    __syncthreads();
+    for (std::size_t c = threadIdx.x; c < view.n_cols; c += kSelectThreads) {
+      const std::uint64_t key = keys[c];
+      if (key >= prefix) chosen[atomicAdd(&chosen_count, 1u)] = key;
+    }
+    __syncthreads();
+    for (std::uint32_t size = 2; size <= width; size <<= 1) {
+      for (std::uint32_t stride = size >> 1; stride > 0; stride >>= 1) {
+        for (std::uint32_t i = threadIdx.x; i < width; i += kSelectThreads) {
+          const std::uint32_t j = i ^ stride;
+          if (j > i) {
+            const std::uint64_t a = chosen[i];
+            const std::uint64_t b = chosen[j];
+            const bool descending = (i & size) == 0;
+            if (descending ? a < b : a > b) {
+              chosen[i] = b;
+              chosen[j] = a;
+            }
+          }
+        }
+        __syncthreads();
+      }
+    }
+    for (std::uint32_t j = threadIdx.x; j < k; j += kSelectThreads)
+      write_result(chosen[j], row * k + j, indices, weights);
+    __syncthreads();
+  }
+}
+
+std::size_t select_blocks(const HeadMeanView& view) {
+  return view.n_cols <= kSelectSharedKeys ? view.n_rows : std::min(view.n_rows, kSelectGlobalBlocks);
+}
+
+template <DType D>
+struct LaunchTopKSelect {
+  static cudaError_t run(const HeadMeanView& view, std::size_t k, std::uint64_t* global_keys, std::int32_t* indices,
+                         float* weights, cudaStream_t stream) {
+    const std::size_t shared =
+        ((view.n_cols <= kSelectSharedKeys ? kSelectSharedKeys : 0) + select_sort_width(k)) * sizeof(std::uint64_t);
+    top_k_select_kernel<D><<<grid_blocks(select_blocks(view), 1), kSelectThreads, shared, stream>>>(
+        view, static_cast<unsigned>(k), global_keys, indices, weights);
+    return cudaGetLastError();
+  }
+};
+
 // ---- sort path: keys for every element, cub::DeviceSegmentedRadixSort, take k ----
 
 // Memory access: thread per (row, column) of a batch of rows, one element per
@@ -275,6 +366,18 @@ cudaError_t launch_top_k_warp(const HeadMeanView& view, std::size_t k, int sms, 
   if (view.n_rows == 0) return cudaSuccess;
   return dispatch_dtype<LaunchTopKWarp>(view.dtype, view, k, split_of(view, sms), indices, weights,
                                         static_cast<std::uint64_t*>(scratch), stream);
+}
+
+std::size_t top_k_select_scratch_bytes(const HeadMeanView& view) {
+  if (view.n_cols <= kSelectSharedKeys) return 0;
+  return std::size_t{grid_blocks(select_blocks(view), 1)} * view.n_cols * sizeof(std::uint64_t);
+}
+
+cudaError_t launch_top_k_select(const HeadMeanView& view, std::size_t k, void* scratch, std::int32_t* indices,
+                                float* weights, cudaStream_t stream) {
+  if (view.n_rows == 0) return cudaSuccess;
+  return dispatch_dtype<LaunchTopKSelect>(view.dtype, view, k, static_cast<std::uint64_t*>(scratch), indices, weights,
+                                          stream);
 }
 
 cudaError_t sort_top_k_temp_bytes(const HeadMeanView& view, std::size_t& bytes) {

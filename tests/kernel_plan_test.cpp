@@ -18,6 +18,7 @@
 
 #include "cuda/fast_divmod.hpp"
 #include "cuda/grid.hpp"
+#include "cuda/radix_select.hpp"
 #include "cuda/record_plan.hpp"
 #include "cuda/row_split.hpp"
 #include "cuda/token_copy_plan.hpp"
@@ -226,6 +227,65 @@ TEST(TopKSplit, MergingSegmentWinnersGivesTheWholeRowsTopK) {
     candidates.resize(k);
     EXPECT_EQ(candidates, whole) << "k = " << k;
   }
+}
+
+// The radix select kernel's steps, run over a row on the host: eight passes
+// narrow the prefix to the k-th largest key, exactly k keys are at or above
+// it, and the bitonic network (each stage's compare-swaps are independent,
+// so a sequential loop is the block's stage) sorts them descending.
+TEST(RadixSelect, PassesFindTheKthKeyAndTheNetworkSortsTheKSelected) {
+  for (const std::size_t cols : {std::size_t{33}, std::size_t{1025}, std::size_t{5000}}) {
+    std::vector<float> row = random_values(cols, static_cast<std::uint32_t>(cols));
+    for (std::size_t c = 0; c < cols; c += 7) row[c] = 0.25f;  // ties broken by index
+    row[cols / 2] = std::numeric_limits<float>::quiet_NaN();
+    row[1] = -0.0f;
+    std::vector<std::uint64_t> keys(cols);
+    for (std::size_t c = 0; c < cols; ++c)
+      keys[c] = detail::top_k_key(float_bits(row[c]), static_cast<std::uint32_t>(c));
+    std::vector<std::uint64_t> sorted = keys;
+    std::sort(sorted.rbegin(), sorted.rend());
+    for (const std::size_t k : {std::size_t{33}, std::size_t{100}, std::size_t{1000}, std::size_t{1024}}) {
+      if (k > cols) continue;
+      std::uint64_t prefix = 0;
+      std::size_t rank = k;
+      for (unsigned pass = 0; pass < cuda::kSelectPasses; ++pass) {
+        std::vector<std::uint32_t> histogram(cuda::kSelectBuckets, 0);
+        for (const std::uint64_t key : keys) {
+          if (cuda::matches_prefix(key, prefix, pass)) ++histogram[cuda::select_digit(key, pass)];
+        }
+        const cuda::SelectStep step = cuda::select_bucket(histogram.data(), rank);
+        prefix = cuda::with_digit(prefix, pass, step.digit);
+        rank = step.k;
+      }
+      ASSERT_EQ(prefix, sorted[k - 1]) << cols << " columns, k " << k;
+      const std::uint32_t width = cuda::select_sort_width(k);
+      ASSERT_GE(width, k);
+      ASSERT_LE(width, cuda::kSelectMaxK);
+      std::vector<std::uint64_t> chosen(width, 0);
+      std::size_t count = 0;
+      for (const std::uint64_t key : keys) {
+        if (key >= prefix) chosen[count++] = key;
+      }
+      ASSERT_EQ(count, k);
+      for (std::uint32_t size = 2; size <= width; size <<= 1) {
+        for (std::uint32_t stride = size >> 1; stride > 0; stride >>= 1) {
+          for (std::uint32_t i = 0; i < width; ++i) {
+            const std::uint32_t j = i ^ stride;
+            const bool descending = (i & size) == 0;
+            if (j > i && (descending ? chosen[i] < chosen[j] : chosen[i] > chosen[j])) std::swap(chosen[i], chosen[j]);
+          }
+        }
+      }
+      chosen.resize(k);
+      EXPECT_EQ(chosen, std::vector<std::uint64_t>(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(k)));
+    }
+  }
+}
+
+TEST(RadixSelect, SharedMemoryStaysWithinTheDefaultLimit) {
+  const std::size_t shared =
+      (cuda::kSelectSharedKeys + cuda::select_sort_width(cuda::kSelectMaxK)) * 8 + cuda::kSelectBuckets * 4 + 4;
+  EXPECT_LE(shared, cuda::kSharedBudget);
 }
 
 TEST(RowTiles, OneRowHeadMeanTilesCoverTheRow) {

@@ -127,8 +127,9 @@ class Backend {
   /// (1 <= k <= n_cols <= kMaxTopKColumns) in the order of detail::top_k_key:
   /// `indices[r*k + j]` is the column of the j-th, `weights[r*k + j]` its head
   /// mean. One pass over the row for k <= kWarpTopKMax (on CUDA, a row split
-  /// over several blocks and merged when there are few rows); a sort of each
-  /// row above. Neither path synchronises the host.
+  /// over several blocks and merged when there are few rows); above, CUDA
+  /// runs a radix select up to k = 1024 and a sort of each row beyond, the
+  /// CPU a partial sort. No path synchronises the host.
   virtual void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices,
                                float* weights, Stream stream) = 0;
 

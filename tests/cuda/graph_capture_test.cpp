@@ -176,24 +176,30 @@ TEST(GraphCapture, ColumnSumsOverSeveralChunks) {
       [&](Stream s) { backend.head_mean_column_sums(pattern.view(), static_cast<float*>(out.get()), s); }, {&out});
 }
 
-TEST(GraphCapture, TopKOfASplitRowAndBySort) {
+TEST(GraphCapture, TopKOfASplitRowBySelectAndBySort) {
   MICACHE_REQUIRE_CUDA();
   Backend& backend = backend_for(Device::cuda(0));
   const Pattern pattern(backend, 32, 2, 8192);
   HeadMeanView one = pattern.view();
   one.n_rows = 1;  // split over segments, then merged: scratch allocated in the graph
-  DeviceBytes warp_indices(backend, 5 * sizeof(std::int32_t));
-  DeviceBytes warp_weights(backend, 5 * sizeof(float));
-  DeviceBytes sort_indices(backend, 2 * 100 * sizeof(std::int32_t));
-  DeviceBytes sort_weights(backend, 2 * 100 * sizeof(float));
+  struct Output {
+    std::size_t k;
+    DeviceBytes indices;
+    DeviceBytes weights;
+  };
+  Output warp{5, DeviceBytes(backend, 5 * 4), DeviceBytes(backend, 5 * 4)};
+  Output select{100, DeviceBytes(backend, 2 * 100 * 4), DeviceBytes(backend, 2 * 100 * 4)};
+  Output sort{2000, DeviceBytes(backend, 2 * 2000 * 4), DeviceBytes(backend, 2 * 2000 * 4)};
   expect_capture_replays_direct_call(
       [&](Stream s) {
-        backend.top_k_head_mean(one, 5, static_cast<std::int32_t*>(warp_indices.get()),
-                                static_cast<float*>(warp_weights.get()), s);
-        backend.top_k_head_mean(pattern.view(), 100, static_cast<std::int32_t*>(sort_indices.get()),
-                                static_cast<float*>(sort_weights.get()), s);
+        backend.top_k_head_mean(one, warp.k, static_cast<std::int32_t*>(warp.indices.get()),
+                                static_cast<float*>(warp.weights.get()), s);
+        for (Output* out : {&select, &sort}) {
+          backend.top_k_head_mean(pattern.view(), out->k, static_cast<std::int32_t*>(out->indices.get()),
+                                  static_cast<float*>(out->weights.get()), s);
+        }
       },
-      {&warp_indices, &warp_weights, &sort_indices, &sort_weights});
+      {&warp.indices, &warp.weights, &select.indices, &select.weights, &sort.indices, &sort.weights});
 }
 
 TEST(GraphCapture, ConvertAndCopyTokens) {
