@@ -323,7 +323,7 @@ const bool registered = [] {
           if (device.is_cuda()) add(p.name("top_k_all", "cub_sort", k), ms, false, top_k_cub_sort, p, k);
 #endif
         }
-        // k = 33 is micache's sort path on CUDA (the warp path stops at 32); on the CPU, the same code as 32.
+        // k = 33 is micache's radix-select path on CUDA (the warp path stops at 32); on the CPU, the same code as 32.
         if (device.is_cuda()) add(p.name("top_k_all", "micache", 33), ms, false, top_k_micache, p, std::size_t{33});
         add(p.name("pattern_copy", "copy_roof"), ms, false, pattern_copy_roof, p);
       }
