@@ -102,6 +102,9 @@ __global__ void __launch_bounds__(kFindBlock)
 // writing code word w (coalesced) and lane 0 the norms and sign words. The
 // arithmetic is detail::encode_record's, step for step, so the bytes are the
 // CPU's. Bytes: dim * size(dtype) read, record_bytes written, per vector.
+// 48 registers, 8 bytes spilled; compute-bound by the m * p QJL products
+// (4096 per key at dim 128): 10-20 % of the copy roof for keys, 30-50 % for
+// values.
 __global__ void __launch_bounds__(kVectorWarps * 32)
     encode_kernel(const __grid_constant__ RecordEncode encode, std::uint8_t* global_scratch) {
   extern __shared__ __align__(16) std::uint8_t shared_bytes[];
@@ -195,7 +198,8 @@ __global__ void __launch_bounds__(kVectorWarps * 32)
 // of the record, scale centroids into the warp's work space (shared up to
 // p = kDecodeSharedMaxP, else global), run group_unrotate and write `dim`
 // floats coalesced: detail::decode_record's steps, so its bits. Bytes:
-// record_bytes read, 4 * dim written, per vector.
+// record_bytes read, 4 * dim written, per vector. 32 registers, no spills;
+// about 5.5 instructions per byte: 60-85 % of the copy roof.
 __global__ void __launch_bounds__(kVectorWarps * 32)
     decode_kernel(const __grid_constant__ RecordRing ring, std::size_t tokens, float* global_scratch, float* out) {
   extern __shared__ __align__(16) std::uint8_t shared_bytes[];
@@ -230,6 +234,7 @@ __global__ void __launch_bounds__(kVectorWarps * 32)
 // QJL, [projected: m] with a warp per projection row (lanes read the row
 // coalesced). Bytes: dim query elements and m * p matrix floats read, p + m
 // floats written per query head; once per call instead of once per tile.
+// 32 registers, no spills; a few microseconds per call, off the token loop.
 __global__ void __launch_bounds__(kPrepareThreads)
     prepare_kernel(const __grid_constant__ RecordQuery query, float* prepared, float* global_work) {
   extern __shared__ __align__(16) float shared_floats[];
@@ -283,7 +288,9 @@ __device__ float estimate(const RecordQuery& query, const std::uint8_t* record, 
 // every query head of the key head's group (the prepared queries are read by
 // all threads at once: broadcasts from L1). Records are read once per key
 // head, not once per query head. Bytes: tokens * record_bytes read per key
-// head, 4 * tokens written per query head.
+// head, 4 * tokens written per query head. 32 registers, no spills, up to
+// 34 KiB shared; about 6 instructions per record byte per query head: 60-85 %
+// of the copy roof for MHA, compute-bound (group_size x fewer bytes) for GQA.
 __global__ void __launch_bounds__(kScoreTileTokens)
     score_tile_kernel(const __grid_constant__ RecordQuery query, FastDivmod words, const float* prepared,
                       float* scores) {
@@ -319,7 +326,8 @@ __global__ void __launch_bounds__(kScoreTileTokens)
 // head), grid-stride; lanes read consecutive codes of the record (coalesced)
 // and the matching rotated query coordinates, then reduce across the warp;
 // the QJL sketch likewise over sign bits. Every query head of the group
-// reuses the record from L1. Bytes as score_tile_kernel.
+// reuses the record from L1. Bytes as score_tile_kernel. 32 registers, 16
+// bytes spilled; long records keep the warp's loads wide: 50-80 %.
 __global__ void __launch_bounds__(kScoreTileTokens)
     score_warp_kernel(const __grid_constant__ RecordQuery query, const float* prepared, float* scores) {
   const RecordRing& keys = query.keys;
@@ -371,7 +379,9 @@ __global__ void __launch_bounds__(kScoreTileTokens)
 // fit; then thread i accumulates rotated coordinate i over the chunk's tokens
 // in token order (the CPU's order) and writes it to the chunk's partial.
 // Bytes: 4 * tokens scores and tokens * record_bytes value records read per
-// query head, (p + 2) floats per chunk written.
+// query head, (p + 2) floats per chunk written. 48 registers, no spills, up to
+// 29 KiB shared; about 9 instructions per value byte: 40-60 % of the copy
+// roof, compute-bound on code extraction.
 __global__ void __launch_bounds__(detail::kAttendChunkTokens)
     attend_partial_kernel(const __grid_constant__ RecordRing values, std::size_t query_heads, std::size_t group_size,
                           std::size_t tokens, FastDivmod words, const float* scores, float* partials) {
@@ -431,7 +441,8 @@ __global__ void __launch_bounds__(detail::kAttendChunkTokens)
 // threads), combines them in chunk order (detail::attend_*), runs
 // group_unrotate in shared memory (p <= kCombineSharedMaxP) or in its global
 // slice, and writes `dim` floats. Bytes: chunks * (p + 2) floats read, 4 * dim
-// written, per query head.
+// written, per query head. 40 registers, no spills; small next to the
+// partials.
 __global__ void __launch_bounds__(kPrepareThreads)
     attend_combine_kernel(const __grid_constant__ RecordRing values, std::size_t query_heads, std::size_t group_size,
                           std::size_t tokens, const float* partials, float* global_work, float* out) {
