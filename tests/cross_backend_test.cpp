@@ -32,7 +32,8 @@ class CrossBackend : public ::testing::TestWithParam<Case> {
   void SetUp() override {
     MICACHE_REQUIRE_CUDA();
     const Case& c = GetParam();
-    std::vector<float> data = random_softmax_rows(2 * c.heads * c.seq_q, c.seq_k, 1234 + static_cast<std::uint32_t>(c.seq_k));
+    std::vector<float> data =
+        random_softmax_rows(2 * c.heads * c.seq_q, c.seq_k, 1234 + static_cast<std::uint32_t>(c.seq_k));
     if (data.size() > 10) {
       data[3] = std::numeric_limits<float>::quiet_NaN();  // NaN handling must agree too
     }
@@ -125,8 +126,8 @@ void expect_close(const std::vector<float>& gpu, const std::vector<float>& cpu) 
 }
 
 TEST_P(CompressedCrossBackend, RecordsAreByteIdenticalAndScoresAgree) {
-  const KvCacheConfig config{.head_dim = 96, .bits = 3, .projections = 24, .seed = 11, .value_bits = 5,
-                             .estimator = GetParam()};
+  const KvCacheConfig config{
+      .head_dim = 96, .bits = 3, .projections = 24, .seed = 11, .value_bits = 5, .estimator = GetParam()};
   CompressedHeads cpu(4, config, Device::cpu());
   CompressedHeads gpu(4, config, Device::cuda(0));
   Gaussian gaussian(77);
@@ -147,9 +148,50 @@ TEST_P(CompressedCrossBackend, RecordsAreByteIdenticalAndScoresAgree) {
   expect_same_bits(gpu.decode_keys().to_host_f32(), cpu.decode_keys().to_host_f32());
   expect_same_bits(gpu.decode_values().to_host_f32(), cpu.decode_values().to_host_f32());
   const Tensor host_queries = Tensor::from_host(queries, {8, 96}, DType::F32);
-  expect_close(gpu.scores(host_queries.to(Device::cuda(0)), 2).to_host_f32(), cpu.scores(host_queries, 2).to_host_f32());
+  expect_close(gpu.scores(host_queries.to(Device::cuda(0)), 2).to_host_f32(),
+               cpu.scores(host_queries, 2).to_host_f32());
   expect_close(gpu.attention_output(host_queries.to(Device::cuda(0)), 2).to_host_f32(),
                cpu.attention_output(host_queries, 2).to_host_f32());
+}
+
+// head_dim 4096 and 8192: records above the score kernel's staging size (a
+// warp per token), work spaces past shared memory (global slices), and 600
+// tokens, three attend chunks. Scores and outputs are sums of up to 8192
+// products in another order: 1e-4 of the largest magnitude covers sqrt(n)
+// rounding growth with room to spare.
+TEST_P(CompressedCrossBackend, HeadDims4096And8192GiveTheCpusAnswers) {
+  for (const std::size_t dim : {std::size_t{4096}, std::size_t{8192}}) {
+    const KvCacheConfig config{.head_dim = dim, .bits = 4, .projections = 64, .seed = 5, .estimator = GetParam()};
+    CompressedHeads cpu(2, config, Device::cpu());
+    CompressedHeads gpu(2, config, Device::cuda(0));
+    Gaussian gaussian(static_cast<std::uint32_t>(dim));
+    const std::vector<float> keys = gaussian.vector(2 * 600 * dim);
+    const std::vector<float> values = gaussian.vector(2 * 600 * dim);
+    const std::vector<float> queries = gaussian.vector(4 * dim);
+    for (const Device device : {Device::cpu(), Device::cuda(0)}) {
+      CompressedHeads& heads = device.is_cpu() ? cpu : gpu;
+      heads.push(Tensor::from_host(keys, {2, 600, dim}, DType::F32, device),
+                 Tensor::from_host(values, {2, 600, dim}, DType::F32, device));
+    }
+    const auto [gpu_keys, gpu_values] = gpu.records();
+    const auto [cpu_keys, cpu_values] = cpu.records();
+    expect_same_records(gpu_keys, cpu_keys);
+    expect_same_records(gpu_values, cpu_values);
+    expect_same_bits(gpu.decode_values().to_host_f32(), cpu.decode_values().to_host_f32());
+    const Tensor host_queries = Tensor::from_host(queries, {4, dim}, DType::F32);
+    const std::vector<float> gpu_scores = gpu.scores(host_queries.to(Device::cuda(0)), 2).to_host_f32();
+    const std::vector<float> cpu_scores = cpu.scores(host_queries, 2).to_host_f32();
+    const std::vector<float> gpu_out = gpu.attention_output(host_queries.to(Device::cuda(0)), 2).to_host_f32();
+    const std::vector<float> cpu_out = cpu.attention_output(host_queries, 2).to_host_f32();
+    for (const auto& [actual, expected] : {std::pair{&gpu_scores, &cpu_scores}, std::pair{&gpu_out, &cpu_out}}) {
+      ASSERT_EQ(actual->size(), expected->size());
+      float scale = 0.0f;
+      for (const float v : *expected) scale = std::max(scale, std::fabs(v));
+      for (std::size_t i = 0; i < expected->size(); ++i) {
+        ASSERT_NEAR((*actual)[i], (*expected)[i], 1e-4f * scale) << "head_dim " << dim << ", element " << i;
+      }
+    }
+  }
 }
 
 std::string estimator_name(const ::testing::TestParamInfo<ScoreEstimator>& param) {

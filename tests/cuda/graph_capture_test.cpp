@@ -11,6 +11,7 @@
 #include <functional>
 #include <vector>
 
+#include "../quantiser_tables.hpp"
 #include "../test_support.hpp"
 #include "micache/micache.hpp"
 
@@ -83,15 +84,7 @@ class DeviceBytes {
   DeviceBytes& operator=(const DeviceBytes&) = delete;
   ~DeviceBytes() { backend_.deallocate(data_, bytes_); }
   void* get() const { return data_; }
-  std::vector<std::uint8_t> read() const {
-    std::vector<std::uint8_t> out(bytes_);
-    backend_.copy_device_to_host(out.data(), data_, bytes_, Stream{});
-    return out;
-  }
-  void poison() const {
-    cudaMemset(data_, 0xff, bytes_);
-    cudaDeviceSynchronize();
-  }
+  std::size_t size() const { return bytes_; }
 
  private:
   Backend& backend_;
@@ -99,17 +92,31 @@ class DeviceBytes {
   void* data_;
 };
 
+// Device memory a captured call writes: its address and size.
+struct Region {
+  void* data;
+  std::size_t bytes;
+  Region(const DeviceBytes& buffer) : data(buffer.get()), bytes(buffer.size()) {}
+  Region(const conformance::DeviceBuffer& buffer, std::size_t size) : data(buffer.at()), bytes(size) {}
+};
+
+std::vector<std::uint8_t> read_region(const Region& region) {
+  std::vector<std::uint8_t> out(region.bytes);
+  EXPECT_EQ(cudaMemcpy(out.data(), region.data, region.bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  return out;
+}
+
 // Runs `op(stream)` directly, reads `outputs`, poisons them, captures
 // `op(stream)` into a graph (expecting the capture to succeed), replays it
 // and expects the same bytes.
-void expect_capture_replays_direct_call(const std::function<void(Stream)>& op,
-                                        const std::vector<const DeviceBytes*>& outputs) {
+void expect_capture_replays_direct_call(const std::function<void(Stream)>& op, const std::vector<Region>& outputs) {
   const OwnedStream stream(Device::cuda(0));
   op(stream.get());
   stream.synchronize();
   std::vector<std::vector<std::uint8_t>> direct;
-  for (const DeviceBytes* out : outputs) direct.push_back(out->read());
-  for (const DeviceBytes* out : outputs) out->poison();
+  for (const Region& out : outputs) direct.push_back(read_region(out));
+  for (const Region& out : outputs) ASSERT_EQ(cudaMemset(out.data, 0xff, out.bytes), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 
   auto* native = static_cast<cudaStream_t>(stream.get().handle);
   cudaGraph_t graph = nullptr;
@@ -120,7 +127,7 @@ void expect_capture_replays_direct_call(const std::function<void(Stream)>& op,
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   ASSERT_EQ(cudaGraphLaunch(exec, native), cudaSuccess);
   stream.synchronize();
-  for (std::size_t i = 0; i < outputs.size(); ++i) EXPECT_EQ(outputs[i]->read(), direct[i]) << "output " << i;
+  for (std::size_t i = 0; i < outputs.size(); ++i) EXPECT_EQ(read_region(outputs[i]), direct[i]) << "output " << i;
   EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
   EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
 }
@@ -164,7 +171,7 @@ TEST(GraphCapture, HeadMeanOfOneRowAndOfManyRows) {
         backend.head_mean(pattern.view(), static_cast<float*>(all.get()), s);
         backend.head_mean(one, static_cast<float*>(row.get()), s);
       },
-      {&all, &row});
+      {all, row});
 }
 
 TEST(GraphCapture, ColumnSumsOverSeveralChunks) {
@@ -173,7 +180,7 @@ TEST(GraphCapture, ColumnSumsOverSeveralChunks) {
   const Pattern pattern(backend, 8, 3 * kColumnSumChunkRows + 1, 1000);
   DeviceBytes out(backend, 1000 * sizeof(float));
   expect_capture_replays_direct_call(
-      [&](Stream s) { backend.head_mean_column_sums(pattern.view(), static_cast<float*>(out.get()), s); }, {&out});
+      [&](Stream s) { backend.head_mean_column_sums(pattern.view(), static_cast<float*>(out.get()), s); }, {out});
 }
 
 TEST(GraphCapture, TopKOfASplitRowBySelectAndBySort) {
@@ -199,7 +206,7 @@ TEST(GraphCapture, TopKOfASplitRowBySelectAndBySort) {
                                   static_cast<float*>(out->weights.get()), s);
         }
       },
-      {&warp.indices, &warp.weights, &select.indices, &select.weights, &sort.indices, &sort.weights});
+      {warp.indices, warp.weights, select.indices, select.weights, sort.indices, sort.weights});
 }
 
 TEST(GraphCapture, ConvertAndCopyTokens) {
@@ -224,7 +231,55 @@ TEST(GraphCapture, ConvertAndCopyTokens) {
         backend.convert(source.get(), DType::F32, halves.get(), DType::BF16, values.size(), s);
         backend.copy_tokens(copy, s);
       },
-      {&halves, &ring});
+      {halves, ring});
+}
+
+// Encode, score, attend and decode over one ring, all in one graph: 300
+// tokens of 4 key heads and 4 value heads (dim 100: p = 128, odd tail), 8
+// query heads in GQA groups of 2; the prepared queries, scores and partials
+// are scratch allocated and freed inside the graph.
+TEST(GraphCapture, CompressedRecordOps) {
+  MICACHE_REQUIRE_CUDA();
+  Backend& backend = backend_for(Device::cuda(0));
+  const std::size_t heads = 4, tokens = 300, capacity = 320, dim = 100, query_heads = 8;
+  const conformance::QuantiserTables key_tables = conformance::make_tables(dim, 4, 32, heads, 21);
+  const conformance::QuantiserTables value_tables = conformance::make_tables(dim, 3, 0, heads, 22);
+  const conformance::DeviceTables key_device(backend, key_tables);
+  const conformance::DeviceTables value_device(backend, value_tables);
+  const std::size_t key_bytes = heads * capacity * key_tables.layout.record_bytes;
+  const std::size_t value_bytes = heads * capacity * value_tables.layout.record_bytes;
+  const conformance::DeviceBuffer key_records(backend, conformance::random_bytes(key_bytes, 1));
+  const conformance::DeviceBuffer value_records(backend, conformance::random_bytes(value_bytes, 2));
+  const RecordRing keys = key_device.ring(key_records, heads, capacity, 250);
+  const RecordRing values = value_device.ring(value_records, heads, capacity, 250);
+  const std::vector<float> inputs = Gaussian(3).vector(2 * heads * tokens * dim);
+  const DeviceBytes input(backend, inputs.data(), inputs.size() * sizeof(float));
+  const std::vector<float> query_values = Gaussian(4).vector(query_heads * dim);
+  const DeviceBytes queries(backend, query_values.data(), query_values.size() * sizeof(float));
+  DeviceBytes scores(backend, query_heads * tokens * sizeof(float));
+  DeviceBytes outputs(backend, query_heads * dim * sizeof(float));
+  DeviceBytes decoded(backend, heads * tokens * dim * sizeof(float));
+
+  RecordEncode encode_keys{keys, 0, tokens, input.get(), DType::F32, tokens * dim, dim};
+  RecordEncode encode_values{
+      values, 0, tokens, static_cast<float*>(input.get()) + heads * tokens * dim, DType::F32, tokens * dim, dim};
+  RecordQuery query;
+  query.keys = keys;
+  query.tokens = tokens;
+  query.queries = queries.get();
+  query.query_heads = query_heads;
+  query.group_size = 2;
+  query.qjl = true;
+  query.scale = 0.1f;
+  expect_capture_replays_direct_call(
+      [&](Stream s) {
+        backend.encode_records(encode_keys, s);
+        backend.encode_records(encode_values, s);
+        backend.score_records(query, static_cast<float*>(scores.get()), s);
+        backend.attend_records(query, values, static_cast<float*>(outputs.get()), s);
+        backend.decode_records(values, tokens, static_cast<float*>(decoded.get()), s);
+      },
+      {Region(key_records, key_bytes), Region(value_records, value_bytes), scores, outputs, decoded});
 }
 
 }  // namespace
