@@ -467,6 +467,13 @@ __global__ void __launch_bounds__(kPrepareThreads)
   }
 }
 
+// `ring` with its start reduced below its capacity, which the kernels'
+// ring_slot assumes (RecordRing allows any start).
+RecordRing reduced(RecordRing ring) {
+  if (ring.capacity > 0) ring.start %= ring.capacity;
+  return ring;
+}
+
 cudaError_t launch_score(const RecordQuery& query, const float* prepared, float* scores, cudaStream_t stream) {
   const RecordLayout& layout = query.keys.layout;
   const std::size_t key_heads = query.query_heads / query.group_size;
@@ -503,7 +510,9 @@ std::size_t encode_scratch_bytes(const RecordEncode& encode) {
   return global_scratch_warps(encode_warp_bytes(layout), encode.ring.heads * encode.tokens) * encode_warp_bytes(layout);
 }
 
-cudaError_t launch_encode_records(const RecordEncode& encode, void* scratch, cudaStream_t stream) {
+cudaError_t launch_encode_records(const RecordEncode& request, void* scratch, cudaStream_t stream) {
+  RecordEncode encode = request;
+  encode.ring = reduced(encode.ring);
   const RecordLayout& layout = encode.ring.layout;
   const std::size_t vectors = encode.ring.heads * encode.tokens;
   if (vectors == 0) return cudaSuccess;
@@ -520,8 +529,10 @@ std::size_t score_scratch_bytes(const RecordQuery& query) {
   return (query.query_heads * prepared_floats(layout) + work) * sizeof(float);
 }
 
-cudaError_t launch_score_records(const RecordQuery& query, void* scratch, float* scores, cudaStream_t stream) {
-  if (query.tokens == 0 || query.query_heads == 0) return cudaSuccess;
+cudaError_t launch_score_records(const RecordQuery& request, void* scratch, float* scores, cudaStream_t stream) {
+  if (request.tokens == 0 || request.query_heads == 0) return cudaSuccess;
+  RecordQuery query = request;
+  query.keys = reduced(query.keys);
   auto* prepared = static_cast<float*>(scratch);
   cudaError_t status =
       launch_prepare(query, prepared, prepared + query.query_heads * prepared_floats(query.keys.layout), stream);
@@ -549,8 +560,8 @@ cudaError_t launch_attend_records(const RecordQuery& query, const RecordRing& va
   if (status != cudaSuccess) return status;
   const dim3 grid(grid_blocks(chunks, 1), grid_blocks(query.query_heads, 1, kMaxGridY));
   attend_partial_kernel<<<grid, detail::kAttendChunkTokens, attend_partial_shared_bytes(values.layout), stream>>>(
-      values, query.query_heads, query.group_size, query.tokens, FastDivmod(values.layout.record_bytes / 4u), scores,
-      partials);
+      reduced(values), query.query_heads, query.group_size, query.tokens, FastDivmod(values.layout.record_bytes / 4u),
+      scores, partials);
   status = cudaGetLastError();
   if (status != cudaSuccess) return status;
   attend_combine_kernel<<<grid_blocks(query.query_heads, 1), kPrepareThreads, combine_shared_bytes(values.layout),
@@ -571,7 +582,7 @@ cudaError_t launch_decode_records(const RecordRing& ring, std::size_t tokens, vo
                                 ? vectors
                                 : global_scratch_warps(decode_warp_bytes(ring.layout), vectors);
   decode_kernel<<<grid_blocks(warps, kVectorWarps), kVectorWarps * 32, decode_shared_bytes(ring.layout), stream>>>(
-      ring, tokens, static_cast<float*>(scratch), out);
+      reduced(ring), tokens, static_cast<float*>(scratch), out);
   return cudaGetLastError();
 }
 
