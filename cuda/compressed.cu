@@ -80,6 +80,22 @@ __device__ void stage_records(const RecordRing& ring, std::size_t head, std::siz
                        blockDim.x, [&](std::size_t to, std::size_t from) { staged[to] = source[from]; });
 }
 
+// The warp a thread belongs to in a kernel of kVectorWarps-warp blocks that
+// hands each warp one vector at a time: its lane, its place in the block, its
+// index in the grid and the grid's warp count (the grid-stride step).
+struct VectorWarp {
+  unsigned lane;
+  unsigned in_block;
+  std::size_t index;
+  std::size_t count;
+
+  __device__ VectorWarp()
+      : lane(threadIdx.x % 32),
+        in_block(threadIdx.x / 32),
+        index(static_cast<std::size_t>(blockIdx.x) * kVectorWarps + threadIdx.x / 32),
+        count(static_cast<std::size_t>(gridDim.x) * kVectorWarps) {}
+};
+
 // ---- find_non_finite ----
 
 // Memory access: grid-stride over the elements, one read each; the first
@@ -111,18 +127,16 @@ __global__ void __launch_bounds__(kVectorWarps * 32)
   const RecordRing& ring = encode.ring;
   const RecordLayout& layout = ring.layout;
   const std::uint32_t p = layout.padded_dim;
-  const unsigned lane = threadIdx.x % 32;
-  const unsigned warp_in_block = threadIdx.x / 32;
-  const std::size_t warp = static_cast<std::size_t>(blockIdx.x) * kVectorWarps + warp_in_block;
-  const std::size_t warps = static_cast<std::size_t>(gridDim.x) * kVectorWarps;
-  std::uint8_t* space = (p <= kEncodeSharedMaxP ? shared_bytes + warp_in_block * encode_warp_bytes(layout)
-                                                : global_scratch + warp * encode_warp_bytes(layout));
+  const VectorWarp warp;
+  const unsigned lane = warp.lane;
+  std::uint8_t* space = (p <= kEncodeSharedMaxP ? shared_bytes + warp.in_block * encode_warp_bytes(layout)
+                                                : global_scratch + warp.index * encode_warp_bytes(layout));
   float* y = reinterpret_cast<float*>(space);
   float* work = y + p;
   std::uint8_t* codes = reinterpret_cast<std::uint8_t*>(work + p);
   const std::uint32_t levels = 1u << layout.bits;
   const std::size_t vectors = ring.heads * encode.tokens;
-  for (std::size_t vector = warp; vector < vectors; vector += warps) {
+  for (std::size_t vector = warp.index; vector < vectors; vector += warp.count) {
     const std::size_t h = vector / encode.tokens;
     const std::size_t t = vector - h * encode.tokens;
     const std::uint32_t* signs = ring.signs + h * ring.sign_words;
@@ -205,14 +219,12 @@ __global__ void __launch_bounds__(kVectorWarps * 32)
   extern __shared__ __align__(16) std::uint8_t shared_bytes[];
   const RecordLayout& layout = ring.layout;
   const std::uint32_t p = layout.padded_dim;
-  const unsigned lane = threadIdx.x % 32;
-  const unsigned warp_in_block = threadIdx.x / 32;
-  const std::size_t warp = static_cast<std::size_t>(blockIdx.x) * kVectorWarps + warp_in_block;
-  const std::size_t warps = static_cast<std::size_t>(gridDim.x) * kVectorWarps;
-  float* work =
-      p <= kDecodeSharedMaxP ? reinterpret_cast<float*>(shared_bytes) + warp_in_block * p : global_scratch + warp * p;
+  const VectorWarp warp;
+  const unsigned lane = warp.lane;
+  float* work = p <= kDecodeSharedMaxP ? reinterpret_cast<float*>(shared_bytes) + warp.in_block * p
+                                       : global_scratch + warp.index * p;
   const std::size_t vectors = ring.heads * tokens;
-  for (std::size_t vector = warp; vector < vectors; vector += warps) {
+  for (std::size_t vector = warp.index; vector < vectors; vector += warp.count) {
     const std::size_t h = vector / tokens;
     const std::uint8_t* record = record_at(ring, h, vector - h * tokens);
     const float scale = detail::mul_rn(detail::load_f32(record + layout.norm_offset), detail::inv_sqrt_power_of_two(p));

@@ -47,6 +47,21 @@ MICACHE_HOST_DEVICE void group_fwht(float* x, std::uint32_t p, std::uint32_t ran
 
 /// detail::rotate by a group: y (p floats) = rotate(x). x and y distinct; on
 /// return y is complete for every rank (the last step ends with sync()).
+/// The middle of both rotations, by a group: fwht, then y_i * (1/sqrt(p))
+/// with D2's sign, then fwht again; sync() after each step.
+template <class Sync>
+MICACHE_HOST_DEVICE void group_middle_rounds(float* y, const std::uint32_t* signs, std::uint32_t p, std::uint32_t rank,
+                                             std::uint32_t ranks, Sync&& sync) {
+  const float scale = inv_sqrt_power_of_two(p);
+  group_fwht(y, p, rank, ranks, sync);
+  for (std::uint32_t i = rank; i < p; i += ranks) {
+    const float v = mul_rn(y[i], scale);
+    y[i] = sign_is_negative(signs, p + i) ? -v : v;
+  }
+  sync();
+  group_fwht(y, p, rank, ranks, sync);
+}
+
 template <class Sync>
 MICACHE_HOST_DEVICE void group_rotate(const float* x, std::uint32_t dim, float* y, const std::uint32_t* signs,
                                       std::uint32_t p, std::uint32_t rank, std::uint32_t ranks, Sync&& sync) {
@@ -55,13 +70,7 @@ MICACHE_HOST_DEVICE void group_rotate(const float* x, std::uint32_t dim, float* 
     y[i] = i < dim ? (sign_is_negative(signs, i) ? -x[i] : x[i]) : 0.0f;
   }
   sync();
-  group_fwht(y, p, rank, ranks, sync);
-  for (std::uint32_t i = rank; i < p; i += ranks) {
-    const float v = mul_rn(y[i], scale);
-    y[i] = sign_is_negative(signs, p + i) ? -v : v;
-  }
-  sync();
-  group_fwht(y, p, rank, ranks, sync);
+  group_middle_rounds(y, signs, p, rank, ranks, sync);
   for (std::uint32_t i = rank; i < p; i += ranks) {
     y[i] = mul_rn(y[i], scale);
   }
@@ -74,13 +83,7 @@ template <class Sync>
 MICACHE_HOST_DEVICE void group_unrotate(float* y, float* x_out, const std::uint32_t* signs, std::uint32_t p,
                                         std::uint32_t dim, std::uint32_t rank, std::uint32_t ranks, Sync&& sync) {
   const float scale = inv_sqrt_power_of_two(p);
-  group_fwht(y, p, rank, ranks, sync);
-  for (std::uint32_t i = rank; i < p; i += ranks) {
-    const float v = mul_rn(y[i], scale);
-    y[i] = sign_is_negative(signs, p + i) ? -v : v;
-  }
-  sync();
-  group_fwht(y, p, rank, ranks, sync);
+  group_middle_rounds(y, signs, p, rank, ranks, sync);
   for (std::uint32_t i = rank; i < dim; i += ranks) {
     const float v = mul_rn(y[i], scale);
     x_out[i] = sign_is_negative(signs, i) ? -v : v;
