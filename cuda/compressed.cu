@@ -525,6 +525,10 @@ std::size_t encode_scratch_bytes(const RecordEncode& encode) {
 cudaError_t launch_encode_records(const RecordEncode& request, void* scratch, cudaStream_t stream) {
   RecordEncode encode = request;
   encode.ring = reduced(encode.ring);
+  if (encode.ring.capacity > 0) {  // fold `first` into the start, so the kernel's logical slots are t < capacity
+    encode.ring.start = ring_slot(encode.ring.start, encode.first % encode.ring.capacity, encode.ring.capacity);
+    encode.first = 0;
+  }
   const RecordLayout& layout = encode.ring.layout;
   const std::size_t vectors = encode.ring.heads * encode.tokens;
   if (vectors == 0) return cudaSuccess;

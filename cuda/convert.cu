@@ -26,15 +26,17 @@ struct StoreOf<DType::BF16> {
 };
 
 // Memory access: grid-stride over elements, one coalesced read of the source
-// type and one write of the target type per element. Rounding uses the same
-// bit-level conversions as the CPU backend (dtype.hpp), so results match it.
+// type and one write of the target type per element. Widening and rounding
+// use the same bit-level conversions as the CPU backend (dtype.hpp), so
+// results match it bit for bit, NaN payloads included.
 template <DType S, DType T>
 __global__ void __launch_bounds__(kBlock) convert_kernel(const void* src, void* dst, std::size_t count) {
-  const auto* in = static_cast<const typename ElementOf<S>::type*>(src);
   auto* out = static_cast<typename ElementOf<T>::type*>(dst);
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * kBlock;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * kBlock + threadIdx.x; i < count; i += stride) {
-    out[i] = StoreOf<T>::from_f32(ElementOf<S>::to_f32(in[i]));
+    // dtype.hpp's integer widening, as cpu::convert: __half2float would give
+    // the canonical NaN for every F16 NaN, losing its sign and payload.
+    out[i] = StoreOf<T>::from_f32(load_as_f32(src, S, i));
   }
 }
 

@@ -30,7 +30,9 @@ struct HeadList {
 ///                                               + r*row_stride + c*col_stride]))
 ///     / f32(heads.count)
 ///
-/// summed in f32 left to right, so every backend gives the same bits. Strides
+/// summed in f32 left to right from +0.0 (so heads that are all -0.0 give
+/// +0.0), and every backend gives the same bits; a NaN result may carry any
+/// NaN payload (CUDA widens F16 NaNs to the canonical one). Strides
 /// and offset count elements. A one-row query of a [B, H, Q, K] pattern is
 /// `n_rows = 1, n_cols = K, col_stride = 1`; a key column is `n_cols = Q,
 /// col_stride = K`; the whole head mean is `n_rows = Q, row_stride = K`.
