@@ -208,9 +208,9 @@ TopKSplit split_of(const HeadMeanView& view, int sms) {
 // prefix to the k-th largest key (select_bucket); the k keys at or above it
 // are gathered and sorted by a bitonic network in shared memory; k results
 // written. Bytes: heads * n_cols * element size read once from DRAM; the
-// passes read the keys from shared memory (or L2 for long rows). Up to 41 KiB
-// of shared memory; DRAM traffic is the input once: 50-80 % of the copy roof
-// with >= 2 rows per SM.
+// passes read the keys from shared memory (or L2 for long rows). 30 registers,
+// no spills, up to 41 KiB of shared memory; DRAM traffic is the input once:
+// 50-80 % of the copy roof with >= 2 rows per SM.
 template <DType D>
 __global__ void __launch_bounds__(kSelectThreads)
     top_k_select_kernel(const __grid_constant__ HeadMeanView view, unsigned k, std::uint64_t* global_keys,
