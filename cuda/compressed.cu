@@ -348,8 +348,6 @@ __global__ void __launch_bounds__(kScoreTileTokens)
   const std::size_t warps_per_block = kScoreTileTokens / 32;
   const std::size_t stride = prepared_floats(layout);
   const std::size_t key_heads = query.query_heads / query.group_size;
-  const float inv_sqrt_p = detail::inv_sqrt_power_of_two(layout.padded_dim);
-  const float sqrt_half_pi = 1.25331413731550025f;
   for (std::size_t head = blockIdx.y; head < key_heads; head += gridDim.y) {
     for (std::size_t t = static_cast<std::size_t>(blockIdx.x) * warps_per_block + threadIdx.x / 32; t < query.tokens;
          t += static_cast<std::size_t>(gridDim.x) * warps_per_block) {
@@ -364,17 +362,15 @@ __global__ void __launch_bounds__(kScoreTileTokens)
         dot = warp_sum(dot);
         float value = 0.0f;
         if (query.qjl) {
+          const float* projected = rotated + layout.padded_dim;
           float sketch = 0.0f;
           for (std::uint32_t j = lane; j < layout.projections; j += 32) {
-            const bool positive = ((record[layout.sign_offset + j / 8u] >> (j % 8u)) & 1u) != 0u;
-            sketch += positive ? rotated[layout.padded_dim + j] : -rotated[layout.padded_dim + j];
+            sketch += detail::qjl_sign_positive(record, layout, j) ? projected[j] : -projected[j];
           }
-          sketch = warp_sum(sketch);
-          const float residual_norm = detail::load_f32(record + layout.residual_norm_offset);
-          value = norm *
-                  (inv_sqrt_p * dot + residual_norm * (sqrt_half_pi / static_cast<float>(layout.projections)) * sketch);
+          value = detail::qjl_from_parts(norm, dot, detail::load_f32(record + layout.residual_norm_offset),
+                                         warp_sum(sketch), layout);
         } else {
-          value = norm * (query.inv_alpha * inv_sqrt_p) * dot;
+          value = detail::mse_from_dot(norm, dot, layout, query.inv_alpha);
         }
         if (lane == 0) scores[q * query.tokens + t] = value * query.scale;
       }

@@ -465,6 +465,27 @@ MICACHE_HOST_DEVICE inline float centroid_dot(const std::uint8_t* record, const 
   return (s0 + s1) + (s2 + s3);
 }
 
+/// estimate_mse from its parts: the record's norm and the sum over i of
+/// qr_i * centroids[code_i] (centroid_dot, or any order of it). O(1).
+MICACHE_HOST_DEVICE inline float mse_from_dot(float norm, float dot, const RecordLayout& layout, float inv_alpha) {
+  return norm * (inv_alpha * inv_sqrt_power_of_two(layout.padded_dim)) * dot;
+}
+
+/// s_j of estimate_qjl: true (+1) when sign bit j of `record` is set. O(1).
+MICACHE_HOST_DEVICE inline bool qjl_sign_positive(const std::uint8_t* record, const RecordLayout& layout,
+                                                  std::uint32_t j) {
+  return ((record[layout.sign_offset + j / 8u] >> (j % 8u)) & 1u) != 0u;
+}
+
+/// estimate_qjl from its parts: the record's norm and residual norm, the
+/// centroid dot product and the sketch sum_j s_j qs_j. O(1).
+MICACHE_HOST_DEVICE inline float qjl_from_parts(float norm, float dot, float residual_norm, float sketch,
+                                                const RecordLayout& layout) {
+  const float sqrt_half_pi = 1.25331413731550025f;
+  const float correction = residual_norm * (sqrt_half_pi / static_cast<float>(layout.projections)) * sketch;
+  return norm * (inv_sqrt_power_of_two(layout.padded_dim) * dot + correction);
+}
+
 /// Estimate of <q, x> from x's record: norm * inv_alpha * sum_i qr_i * centroids[code_i] / sqrt(p),
 /// with inv_alpha = 1 / (1 - D), D the codebook's distortion. O(p).
 ///
@@ -478,9 +499,8 @@ MICACHE_HOST_DEVICE inline float centroid_dot(const std::uint8_t* record, const 
 /// into the query scale), at the price of a variance larger by 1/(1 - D)^2.
 MICACHE_HOST_DEVICE inline float estimate_mse(const std::uint8_t* record, const RecordLayout& layout,
                                               const float* centroids, const float* rotated_query, float inv_alpha) {
-  const float norm = load_f32(record + layout.norm_offset);
-  return norm * (inv_alpha * inv_sqrt_power_of_two(layout.padded_dim)) *
-         centroid_dot(record, layout, centroids, rotated_query);
+  return mse_from_dot(load_f32(record + layout.norm_offset), centroid_dot(record, layout, centroids, rotated_query),
+                      layout, inv_alpha);
 }
 
 /// bitpolar's QJL-corrected estimate of <q, x> from a key record (m > 0):
@@ -494,17 +514,12 @@ MICACHE_HOST_DEVICE inline float estimate_mse(const std::uint8_t* record, const 
 MICACHE_HOST_DEVICE inline float estimate_qjl(const std::uint8_t* record, const RecordLayout& layout,
                                               const float* centroids, const float* rotated_query,
                                               const float* projected_query) {
-  const float norm = load_f32(record + layout.norm_offset);
-  const float residual_norm = load_f32(record + layout.residual_norm_offset);
   float sketch = 0.0f;
   for (std::uint32_t j = 0; j < layout.projections; ++j) {
-    const bool positive = ((record[layout.sign_offset + j / 8u] >> (j % 8u)) & 1u) != 0u;
-    sketch += positive ? projected_query[j] : -projected_query[j];
+    sketch += qjl_sign_positive(record, layout, j) ? projected_query[j] : -projected_query[j];
   }
-  const float sqrt_half_pi = 1.25331413731550025f;
-  const float correction = residual_norm * (sqrt_half_pi / static_cast<float>(layout.projections)) * sketch;
-  return norm * (inv_sqrt_power_of_two(layout.padded_dim) * centroid_dot(record, layout, centroids, rotated_query) +
-                 correction);
+  return qjl_from_parts(load_f32(record + layout.norm_offset), centroid_dot(record, layout, centroids, rotated_query),
+                        load_f32(record + layout.residual_norm_offset), sketch, layout);
 }
 
 }  // namespace micache::detail
