@@ -3,7 +3,7 @@
 #include <vector>
 
 #include "cpu/kernels.hpp"
-#include "micache/detail/attend_split.hpp"
+#include "micache/backend/detail/attend_split.hpp"
 
 namespace micache::cpu {
 namespace {

@@ -5,7 +5,7 @@
 #include <shared_mutex>
 #include <unordered_set>
 
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 
 namespace micache {
 

@@ -1,7 +1,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 
 #include "cpu/kernels.hpp"
 

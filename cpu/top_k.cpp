@@ -3,7 +3,7 @@
 #include <vector>
 
 #include "cpu/kernels.hpp"
-#include "micache/detail/top_k_key.hpp"
+#include "micache/backend/detail/top_k_key.hpp"
 
 namespace micache::cpu {
 

@@ -6,8 +6,8 @@
 #include "cuda/grid.hpp"
 #include "cuda/kernels.hpp"
 #include "cuda/record_plan.hpp"
-#include "micache/detail/attend_split.hpp"
-#include "micache/detail/parallel_record.hpp"
+#include "micache/backend/detail/attend_split.hpp"
+#include "micache/backend/detail/parallel_record.hpp"
 
 namespace micache::cuda {
 namespace {

@@ -4,7 +4,7 @@
 #include <memory>
 #include <string>
 
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 
 namespace micache::cuda {
 

@@ -4,7 +4,7 @@
 #include "cuda/head_mean.cuh"
 #include "cuda/kernels.hpp"
 #include "cuda/row_split.hpp"
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 
 namespace micache::cuda {
 namespace {

@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "micache/head_mean_view.hpp"
+#include "micache/backend/head_mean_view.hpp"
 
 namespace micache::cuda {
 

@@ -8,10 +8,10 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "micache/compressed_records.hpp"
+#include "micache/backend/compressed_records.hpp"
 #include "micache/dtype.hpp"
-#include "micache/head_mean_view.hpp"
-#include "micache/token_copy.hpp"
+#include "micache/backend/head_mean_view.hpp"
+#include "micache/backend/token_copy.hpp"
 
 namespace micache::cuda {
 

@@ -8,7 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "micache/detail/host_device.hpp"
+#include "micache/host_device.hpp"
 
 namespace micache::cuda {
 

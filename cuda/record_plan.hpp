@@ -10,9 +10,9 @@
 
 #include "cuda/fast_divmod.hpp"
 #include "cuda/token_copy_plan.hpp"
-#include "micache/compressed_records.hpp"
-#include "micache/detail/attend_split.hpp"
-#include "micache/detail/host_device.hpp"
+#include "micache/backend/compressed_records.hpp"
+#include "micache/backend/detail/attend_split.hpp"
+#include "micache/host_device.hpp"
 
 namespace micache::cuda {
 

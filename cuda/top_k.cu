@@ -7,7 +7,7 @@
 #include "cuda/kernels.hpp"
 #include "cuda/radix_select.hpp"
 #include "cuda/row_split.hpp"
-#include "micache/detail/top_k_key.hpp"
+#include "micache/backend/detail/top_k_key.hpp"
 
 namespace micache::cuda {
 namespace {

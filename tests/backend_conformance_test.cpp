@@ -76,9 +76,9 @@
 #include "conformance_support.hpp"
 #include "cuda/record_plan.hpp"
 #include "cuda/row_split.hpp"
-#include "micache/detail/attend_split.hpp"
-#include "micache/detail/top_k_key.hpp"
-#include "micache/detail/turbo_quant.hpp"
+#include "micache/backend/detail/attend_split.hpp"
+#include "micache/backend/detail/top_k_key.hpp"
+#include "micache/backend/detail/turbo_quant.hpp"
 #include "quantiser_tables.hpp"
 
 namespace micache::testing::conformance {

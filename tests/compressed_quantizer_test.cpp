@@ -10,10 +10,10 @@
 #include <string>
 #include <vector>
 
-#include "micache/detail/turbo_quant.hpp"
+#include "micache/backend/detail/turbo_quant.hpp"
 #include "micache/kv_cache_config.hpp"
-#include "src/compressed/codebook.hpp"
-#include "src/compressed/vector_quantizer.hpp"
+#include "src/quant/codebook.hpp"
+#include "src/quant/vector_quantizer.hpp"
 #include "test_support.hpp"
 
 namespace micache::testing {

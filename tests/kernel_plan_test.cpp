@@ -22,10 +22,10 @@
 #include "cuda/record_plan.hpp"
 #include "cuda/row_split.hpp"
 #include "cuda/token_copy_plan.hpp"
-#include "micache/detail/attend_split.hpp"
-#include "micache/detail/parallel_record.hpp"
-#include "micache/detail/top_k_key.hpp"
-#include "micache/detail/turbo_quant.hpp"
+#include "micache/backend/detail/attend_split.hpp"
+#include "micache/backend/detail/parallel_record.hpp"
+#include "micache/backend/detail/top_k_key.hpp"
+#include "micache/backend/detail/turbo_quant.hpp"
 #include "test_support.hpp"
 
 namespace micache::testing {

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "conformance_support.hpp"
-#include "micache/detail/turbo_quant.hpp"
+#include "micache/backend/detail/turbo_quant.hpp"
 
 namespace micache::testing::conformance {
 

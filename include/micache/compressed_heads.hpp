@@ -8,7 +8,7 @@
 #include <utility>
 #include <vector>
 
-#include "micache/compressed_records.hpp"
+#include "micache/backend/compressed_records.hpp"
 #include "micache/kv_cache_config.hpp"
 #include "micache/tensor.hpp"
 

@@ -4,7 +4,7 @@
 
 #include "micache/activation_cache.hpp"
 #include "micache/attention_cache.hpp"
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 #include "micache/compressed_heads.hpp"
 #include "micache/config.hpp"
 #include "micache/device.hpp"

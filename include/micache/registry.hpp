@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 #include "micache/device.hpp"
 
 namespace micache {

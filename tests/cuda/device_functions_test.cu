@@ -8,7 +8,7 @@
 #include <limits>
 #include <vector>
 
-#include "micache/detail/top_k_key.hpp"
+#include "micache/backend/detail/top_k_key.hpp"
 #include "micache/dtype.hpp"
 
 namespace micache {

@@ -1,4 +1,4 @@
-#include "src/compressed/vector_quantizer.hpp"
+#include "src/quant/vector_quantizer.hpp"
 
 #include <cmath>
 #include <cstddef>

@@ -3,7 +3,7 @@
 
 #include <cstddef>
 
-#include "micache/head_mean_view.hpp"
+#include "micache/backend/head_mean_view.hpp"
 #include "micache/head_selection.hpp"
 
 namespace micache::detail {

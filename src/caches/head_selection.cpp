@@ -4,7 +4,7 @@
 #include <vector>
 
 #include "micache/error.hpp"
-#include "src/head_selection_impl.hpp"
+#include "src/caches/head_selection_impl.hpp"
 
 namespace micache::detail {
 

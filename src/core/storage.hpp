@@ -4,7 +4,7 @@
 #include <cstddef>
 #include <functional>
 
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 #include "micache/device.hpp"
 
 namespace micache::detail {

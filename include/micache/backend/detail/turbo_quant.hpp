@@ -9,7 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "micache/detail/host_device.hpp"
+#include "micache/host_device.hpp"
 
 namespace micache::detail {
 

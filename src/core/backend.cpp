@@ -1,4 +1,4 @@
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 
 #include <fmt/format.h>
 

@@ -4,14 +4,14 @@
 #include <cstdint>
 #include <vector>
 
-#include "micache/detail/turbo_quant.hpp"
-#include "src/compressed/codebook.hpp"
+#include "micache/backend/detail/turbo_quant.hpp"
+#include "src/quant/codebook.hpp"
 
 namespace micache::detail {
 
 /// One quantiser: a rotation, a codebook, and (keys only) a QJL matrix. Immutable after construction.
 ///
-/// Records follow `micache/detail/turbo_quant.hpp`; every operation here is the
+/// Records follow `micache/backend/detail/turbo_quant.hpp`; every operation here is the
 /// reference the CUDA kernels reproduce (encode and decode bit for bit, scores
 /// to a tolerance). Copying shares the memoised codebook.
 ///

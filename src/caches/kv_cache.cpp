@@ -7,10 +7,10 @@
 #include <cstdint>
 #include <utility>
 
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
-#include "src/ring_copy.hpp"
+#include "src/core/ring_copy.hpp"
 
 namespace micache {
 namespace {

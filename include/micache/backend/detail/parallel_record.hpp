@@ -10,8 +10,8 @@
 
 #include <cstdint>
 
-#include "micache/detail/host_device.hpp"
-#include "micache/detail/turbo_quant.hpp"
+#include "micache/host_device.hpp"
+#include "micache/backend/detail/turbo_quant.hpp"
 
 namespace micache::detail {
 

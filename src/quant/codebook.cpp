@@ -1,4 +1,4 @@
-#include "src/compressed/codebook.hpp"
+#include "src/quant/codebook.hpp"
 
 #include <algorithm>
 #include <cmath>

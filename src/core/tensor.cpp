@@ -8,7 +8,7 @@
 
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
-#include "src/storage.hpp"
+#include "src/core/storage.hpp"
 
 namespace micache {
 namespace detail {

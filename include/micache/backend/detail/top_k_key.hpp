@@ -4,7 +4,7 @@
 
 #include <cstdint>
 
-#include "micache/detail/host_device.hpp"
+#include "micache/host_device.hpp"
 
 namespace micache::detail {
 

@@ -8,12 +8,12 @@
 #include <tuple>
 #include <utility>
 
-#include "micache/backend.hpp"
+#include "micache/backend/backend.hpp"
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
-#include "src/compressed/host_rows.hpp"
-#include "src/compressed/vector_quantizer.hpp"
-#include "src/ring_copy.hpp"
+#include "src/caches/host_rows.hpp"
+#include "src/quant/vector_quantizer.hpp"
+#include "src/core/ring_copy.hpp"
 
 namespace micache {
 namespace {

@@ -10,7 +10,7 @@
 #include <cmath>
 #include <cstddef>
 
-#include "micache/detail/host_device.hpp"
+#include "micache/host_device.hpp"
 
 namespace micache::detail {
 

@@ -3,7 +3,7 @@
 #include "micache/error.hpp"
 #include "micache/gqa_kv_cache.hpp"
 #include "micache/kv_cache_compressor.hpp"
-#include "src/compressed/host_rows.hpp"
+#include "src/caches/host_rows.hpp"
 
 namespace micache {
 namespace {

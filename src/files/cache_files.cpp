@@ -10,7 +10,7 @@
 
 #include "micache/activation_cache.hpp"
 #include "micache/attention_cache.hpp"
-#include "micache/detail/turbo_quant.hpp"
+#include "micache/backend/detail/turbo_quant.hpp"
 #include "micache/error.hpp"
 #include "micache/full_activation_cache.hpp"
 #include "micache/gqa_kv_cache.hpp"

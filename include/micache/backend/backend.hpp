@@ -7,13 +7,13 @@
 #include <cstdint>
 #include <string>
 
-#include "micache/compressed_records.hpp"
+#include "micache/backend/compressed_records.hpp"
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
-#include "micache/head_mean_view.hpp"
+#include "micache/backend/head_mean_view.hpp"
 #include "micache/memory_stats.hpp"
 #include "micache/stream.hpp"
-#include "micache/token_copy.hpp"
+#include "micache/backend/token_copy.hpp"
 
 namespace micache {
 

@@ -6,7 +6,7 @@
 
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
-#include "src/head_selection_impl.hpp"
+#include "src/caches/head_selection_impl.hpp"
 
 namespace micache {
 namespace {
