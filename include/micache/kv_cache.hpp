@@ -64,6 +64,8 @@ class KVCache {
   Stream stream() const noexcept { return stream_; }
   /// Tokens in the first populated layer; 0 when no layer is populated.
   std::size_t seq_len() const noexcept;
+  /// Tokens `layer` holds (0 when empty). Error: Hook for layer out of range.
+  std::size_t seq_len(std::size_t layer) const;
   /// True when no layer holds keys.
   bool is_empty() const noexcept;
   /// Empties every layer and releases its storage; the layer count stays.
@@ -161,6 +163,16 @@ class KVCache {
   /// Error: Hook for layer out of range.
   std::vector<std::size_t> positions(std::size_t layer) const;
 
+  /// The position the next token appended to `layer` gets (the count of
+  /// tokens ever appended or set there). Error: Hook for layer out of range.
+  std::size_t next_position(std::size_t layer) const;
+
+  /// The restore hook of a loader: gives populated `layer` the original
+  /// `positions` of its tokens (one per token, strictly increasing, all below
+  /// `next_position`), as a saved file holds them. Errors: Hook (layer out of
+  /// range), Shape (count, order or bound wrong; unchanged).
+  void restore_positions(std::size_t layer, const std::vector<std::size_t>& positions, std::size_t next_position);
+
   /// Writes the cache to the safetensors file `path`. Per populated layer i:
   /// `blocks.{i}.attn.k_cache` and `blocks.{i}.attn.v_cache` (the dense `[batch,
   /// kv_heads, seq_len, head_dim]` keys and values in the stored dtype; the
@@ -202,7 +214,6 @@ class KVCache {
   const Layer& layer_or_throw(std::size_t layer) const;
   const Layer* first_populated() const noexcept;
   void validate_geometry(const Tensor& keys, std::size_t layer) const;
-  void restore_positions(std::size_t layer, const std::vector<std::size_t>& positions, std::size_t next_position);
   std::size_t common_length(const char* operation) const;
   Layer resized(const Layer& layer, std::size_t capacity) const;
   Tensor dense(const Layer& layer, const Tensor& ring) const;

@@ -445,6 +445,10 @@ std::vector<std::size_t> KVCache::positions(std::size_t layer) const {
   return expand_runs(layer_or_throw(layer).runs);
 }
 
+std::size_t KVCache::next_position(std::size_t layer) const { return layer_or_throw(layer).next_position; }
+
+std::size_t KVCache::seq_len(std::size_t layer) const { return layer_or_throw(layer).length; }
+
 // Gives a populated layer the original `positions` of its tokens (strictly
 // increasing, one per token, all below `next_position`), as a saved file holds them.
 void KVCache::restore_positions(std::size_t layer_index, const std::vector<std::size_t>& positions,

@@ -220,17 +220,18 @@ FullActivationCache FullActivationCache::load(const std::string& path, Device de
 void KVCache::save(const std::string& path) const {
   SafetensorsWriter writer;
   Json next_positions = Json::array();
-  for (std::size_t i = 0; i < layers_.size(); ++i) {
-    next_positions.push_back(layers_[i].next_position);
-    if (!layers_[i].populated()) continue;
-    writer.add(layer_name(i, "attn.k_cache"), keys(i));
+  for (std::size_t i = 0; i < n_layers(); ++i) {
+    next_positions.push_back(next_position(i));
+    const Tensor layer_keys = keys(i);
+    if (!layer_keys.defined()) continue;  // an empty layer
+    writer.add(layer_name(i, "attn.k_cache"), layer_keys);
     writer.add(layer_name(i, "attn.v_cache"), values(i));
     const std::vector<std::size_t> kept = positions(i);
     const std::vector<std::int64_t> as_i64(kept.begin(), kept.end());
     writer.add_i64(layer_name(i, "attn.positions"), as_i64, Shape{as_i64.size()});
   }
   writer.set_metadata(kCacheKey, "KVCache");
-  writer.set_metadata("micache.n_layers", std::to_string(layers_.size()));
+  writer.set_metadata("micache.n_layers", std::to_string(n_layers()));
   writer.set_metadata("micache.next_positions", next_positions.dump());
   writer.write(path);
 }
@@ -256,7 +257,7 @@ KVCache KVCache::load(const std::string& path, Device device, Stream stream) {
     const std::string v = layer_name(i, "attn.v_cache");
     if (!file.contains(k) && !file.contains(v)) continue;
     cache.set_layer(i, read_float(file, k, device, stream), read_float(file, v, device, stream));
-    const std::size_t length = cache.layers_[i].length;
+    const std::size_t length = cache.seq_len(i);
     std::vector<std::size_t> kept(length);
     for (std::size_t t = 0; t < length; ++t) kept[t] = t;
     const std::string p = layer_name(i, "attn.positions");
