@@ -61,7 +61,7 @@ TEST_P(ActivationCacheTest, ToF32VecsFlattensAndConvertsEveryDtype) {
 
 TEST_P(ActivationCacheTest, PushRejectsUndefinedTensor) {
   ActivationCache cache;
-  expect_error([&] { cache.push(Tensor()); }, ErrorCode::Config, "activation cache: undefined tensor");
+  expect_error([&] { cache.push(Tensor()); }, ErrorCode::Config, "activation: undefined tensor");
   EXPECT_TRUE(cache.is_empty());
 }
 

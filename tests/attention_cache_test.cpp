@@ -124,7 +124,7 @@ TEST_P(AttentionCacheTest, PushRejectsIntegerPattern) {
 
 TEST_P(AttentionCacheTest, PushRejectsUndefinedTensor) {
   AttentionCache cache;
-  expect_error([&] { cache.push(Tensor()); }, ErrorCode::Config, "push: undefined pattern tensor");
+  expect_error([&] { cache.push(Tensor()); }, ErrorCode::Config, "pattern: undefined tensor");
 }
 
 TEST_P(AttentionCacheTest, TopKZeroReturnsNothing) {

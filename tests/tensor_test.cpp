@@ -24,7 +24,7 @@ TEST_P(TensorTest, FromHostRejectsWrongValueCount) {
 
 TEST_P(TensorTest, FromHostRejectsIntegerDtype) {
   expect_error([&] { Tensor::from_host(std::vector<float>(1, 0.f), {1}, DType::I32, GetParam()); },
-               ErrorCode::Config, "Tensor::from_host needs a float dtype (f32, f16, bf16), got i32");
+               ErrorCode::Config, "Tensor::from_host dtype must be f32, f16 or bf16, got i32");
 }
 
 TEST_P(TensorTest, DimOutOfRangeIsShapeError) {

@@ -20,7 +20,8 @@ struct Device {
   static constexpr Device cpu() noexcept { return Device{DeviceKind::Cpu, 0}; }
   static constexpr Device cuda(int index = 0) noexcept { return Device{DeviceKind::Cuda, index}; }
 
-  /// CUDA device 0 when this build has CUDA and a driver reports a device, else the CPU.
+  /// CUDA device 0 when this build has CUDA and a driver reports a device,
+  /// else the CPU. Defined with the registry, which owns the probe (registry.hpp).
   static Device best();
 
   constexpr bool is_cpu() const noexcept { return kind == DeviceKind::Cpu; }

@@ -1,21 +1,12 @@
 #include "micache/activation_cache.hpp"
 
-#include "micache/error.hpp"
+#include "src/core/checks.hpp"
 
 namespace micache {
-namespace {
-
-void require_defined(const Tensor& tensor) {
-  if (!tensor.defined()) {
-    throw Error(ErrorCode::Config, "activation cache: undefined tensor");
-  }
-}
-
-}  // namespace
 
 ActivationCache ActivationCache::new_cache(std::vector<Tensor> activations) {
   for (const Tensor& tensor : activations) {
-    require_defined(tensor);
+    detail::require_defined(tensor, "activation");
   }
   ActivationCache cache;
   cache.activations_ = std::move(activations);
@@ -29,7 +20,7 @@ ActivationCache ActivationCache::with_capacity(std::size_t n_layers) {
 }
 
 void ActivationCache::push(Tensor tensor) {
-  require_defined(tensor);
+  detail::require_defined(tensor, "activation");
   activations_.push_back(std::move(tensor));
 }
 

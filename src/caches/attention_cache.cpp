@@ -7,6 +7,7 @@
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
 #include "src/caches/head_selection_impl.hpp"
+#include "src/core/checks.hpp"
 
 namespace micache {
 namespace {
@@ -34,15 +35,9 @@ HeadMeanView pattern_view(const Tensor& pattern, const HeadSelection& selection)
   return view;
 }
 
-void check_position(std::size_t position, std::size_t bound, const char* bound_name) {
-  if (position >= bound) {
-    throw Error(ErrorCode::Hook, fmt::format("position {} out of range ({}={})", position, bound_name, bound));
-  }
-}
-
 // The view of query row `position` (validated against seq_q) of `pattern`.
 HeadMeanView query_row_view(const Tensor& pattern, std::size_t position, const HeadSelection& selection) {
-  check_position(position, pattern.dim(2), "seq_q");
+  detail::require_index(position, pattern.dim(2), "position", "seq_q");
   HeadMeanView view = pattern_view(pattern, selection);
   view.offset += position * view.row_stride;
   view.n_rows = 1;
@@ -57,8 +52,8 @@ void require_k(std::size_t k) {
 
 TopK run_top_k(const Tensor& pattern, const HeadMeanView& view, std::size_t k, Stream stream) {
   if (view.n_cols > kMaxTopKColumns) {
-    throw Error(ErrorCode::Shape, fmt::format("top-k over {} keys exceeds the int32 index range (max {})", view.n_cols,
-                                              kMaxTopKColumns));
+    throw Error(ErrorCode::Shape,
+                fmt::format("top-k over {} keys exceeds the int32 index range (max {})", view.n_cols, kMaxTopKColumns));
   }
   const std::size_t k_eff = std::min(k, view.n_cols);
   const Device device = pattern.device();
@@ -85,25 +80,16 @@ AttentionCache AttentionCache::with_capacity(std::size_t n_layers, Stream stream
 }
 
 void AttentionCache::push(Tensor pattern) {
-  if (!pattern.defined()) {
-    throw Error(ErrorCode::Config, "push: undefined pattern tensor");
-  }
-  if (pattern.rank() != 4) {
-    throw Error(ErrorCode::Shape, fmt::format("pattern must be [batch, heads, seq_q, seq_k], got rank {} {}",
-                                              pattern.rank(), pattern.shape().to_string()));
-  }
+  detail::require_defined(pattern, "pattern");
+  detail::require_rank(pattern, 4, "pattern", "[batch, heads, seq_q, seq_k]");
   if (pattern.numel() == 0) {
     throw Error(ErrorCode::Shape, fmt::format("pattern {} has a zero dimension", pattern.shape().to_string()));
   }
   if (!patterns_.empty() && pattern.shape() != patterns_.front().shape()) {
     throw Error(ErrorCode::Shape, fmt::format("layer {} pattern {} differs from layer 0 {}", patterns_.size(),
-                                              pattern.shape().to_string(),
-                                              patterns_.front().shape().to_string()));
+                                              pattern.shape().to_string(), patterns_.front().shape().to_string()));
   }
-  if (!is_float_dtype(pattern.dtype())) {
-    throw Error(ErrorCode::Config,
-                fmt::format("pattern dtype must be f32, f16 or bf16, got {}", dtype_name(pattern.dtype())));
-  }
+  detail::require_float_dtype(pattern.dtype(), "pattern dtype");
   if (pattern.dim(3) >= 0xffffffffu) {
     throw Error(ErrorCode::Shape, fmt::format("seq_k {} exceeds the top-k index range", pattern.dim(3)));
   }
@@ -131,7 +117,7 @@ Tensor AttentionCache::attention_from_position_tensor(std::size_t layer, std::si
 Tensor AttentionCache::attention_to_position_tensor(std::size_t layer, std::size_t position,
                                                     const HeadSelection& selection) const {
   const Tensor& pattern = layer_or_throw(layer);
-  check_position(position, pattern.dim(3), "seq_k");
+  detail::require_index(position, pattern.dim(3), "position", "seq_k");
   HeadMeanView view = pattern_view(pattern, selection);
   view.offset += position;
   view.n_cols = view.n_rows;

@@ -4,6 +4,7 @@
 
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
+#include "src/core/checks.hpp"
 
 namespace micache {
 
@@ -14,29 +15,19 @@ FullActivationCache FullActivationCache::with_capacity(std::size_t n_layers, Str
 }
 
 void FullActivationCache::push(Tensor tensor) {
-  if (!tensor.defined()) {
-    throw Error(ErrorCode::Config, "push: undefined activation tensor");
-  }
-  if (tensor.rank() != 2) {
-    throw Error(ErrorCode::Shape, fmt::format("activation must be [seq_len, d_model], got rank {} {}",
-                                              tensor.rank(), tensor.shape().to_string()));
-  }
-  if (!is_float_dtype(tensor.dtype())) {
-    throw Error(ErrorCode::Config,
-                fmt::format("activation dtype must be f32, f16 or bf16, got {}", dtype_name(tensor.dtype())));
-  }
+  detail::require_defined(tensor, "activation");
+  detail::require_rank(tensor, 2, "activation", "[seq_len, d_model]");
+  detail::require_float_dtype(tensor.dtype(), "activation dtype");
   if (!activations_.empty()) {
     const Tensor& first = activations_.front();
     if (tensor.shape() != first.shape()) {
-      throw Error(ErrorCode::Shape, fmt::format("layer {} activation {} differs from layer 0 {}",
-                                                activations_.size(), tensor.shape().to_string(),
-                                                first.shape().to_string()));
+      throw Error(ErrorCode::Shape, fmt::format("layer {} activation {} differs from layer 0 {}", activations_.size(),
+                                                tensor.shape().to_string(), first.shape().to_string()));
     }
     if (tensor.dtype() != first.dtype() || !(tensor.device() == first.device())) {
-      throw Error(ErrorCode::Config,
-                  fmt::format("layer {} is {} on {}, layer 0 is {} on {}", activations_.size(),
-                              dtype_name(tensor.dtype()), tensor.device().to_string(),
-                              dtype_name(first.dtype()), first.device().to_string()));
+      throw Error(ErrorCode::Config, fmt::format("layer {} is {} on {}, layer 0 is {} on {}", activations_.size(),
+                                                 dtype_name(tensor.dtype()), tensor.device().to_string(),
+                                                 dtype_name(first.dtype()), first.device().to_string()));
     }
   }
   activations_.push_back(std::move(tensor));
@@ -51,17 +42,13 @@ Tensor FullActivationCache::get_position(std::size_t layer, std::size_t position
     throw Error(ErrorCode::Hook, fmt::format("layer {} not in cache", layer));
   }
   const Tensor& tensor = activations_[layer];
-  if (position >= tensor.dim(0)) {
-    throw Error(ErrorCode::Hook, fmt::format("position {} out of range (seq_len={})", position, tensor.dim(0)));
-  }
+  detail::require_index(position, tensor.dim(0), "position", "seq_len");
   return tensor.select(position);
 }
 
 Tensor FullActivationCache::stack_position(std::size_t position) const {
   const std::size_t length = seq_len();
-  if (position >= length) {
-    throw Error(ErrorCode::Hook, fmt::format("position {} out of range (seq_len={})", position, length));
-  }
+  detail::require_index(position, length, "position", "seq_len");
   const Tensor& first = activations_.front();
   const std::size_t d_model = first.dim(1);
   const std::size_t row_bytes = d_model * dtype_size(first.dtype());

@@ -5,13 +5,12 @@
 
 #include "micache/error.hpp"
 #include "src/caches/head_selection_impl.hpp"
+#include "src/core/checks.hpp"
 
 namespace micache::detail {
 
 HeadList make_head_list(const HeadSelection& selection, std::size_t n_batch, std::size_t n_heads) {
-  if (selection.batch >= n_batch) {
-    throw Error(ErrorCode::Hook, fmt::format("batch {} out of range (batch={})", selection.batch, n_batch));
-  }
+  require_index(selection.batch, n_batch, "batch", "batch");
   HeadList list;
   if (selection.heads.empty()) {
     list.count = static_cast<std::uint32_t>(n_heads);
@@ -20,9 +19,7 @@ HeadList make_head_list(const HeadSelection& selection, std::size_t n_batch, std
   std::vector<std::size_t> heads = selection.heads;
   std::sort(heads.begin(), heads.end());
   for (std::size_t i = 0; i < heads.size(); ++i) {
-    if (heads[i] >= n_heads) {
-      throw Error(ErrorCode::Hook, fmt::format("head {} out of range (heads={})", heads[i], n_heads));
-    }
+    require_index(heads[i], n_heads, "head", "heads");
     if (i > 0 && heads[i] == heads[i - 1]) {
       throw Error(ErrorCode::Config, fmt::format("head {} selected twice", heads[i]));
     }
@@ -32,12 +29,11 @@ HeadList make_head_list(const HeadSelection& selection, std::size_t n_batch, std
     return list;  // every head, in order: the unlisted form has no size limit
   }
   if (heads.size() > kMaxListedHeads) {
-    throw Error(ErrorCode::Config, fmt::format("{} heads listed; at most {} can be listed (or all {})",
-                                               heads.size(), kMaxListedHeads, n_heads));
+    throw Error(ErrorCode::Config, fmt::format("{} heads listed; at most {} can be listed (or all {})", heads.size(),
+                                               kMaxListedHeads, n_heads));
   }
   list.listed = true;
-  std::transform(heads.begin(), heads.end(), list.index,
-                 [](std::size_t h) { return static_cast<std::uint16_t>(h); });
+  std::transform(heads.begin(), heads.end(), list.index, [](std::size_t h) { return static_cast<std::uint16_t>(h); });
   return list;
 }
 

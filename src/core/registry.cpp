@@ -40,8 +40,7 @@ Backend& cuda_backend(int index) {
     throw Error(ErrorCode::Backend, fmt::format("cuda:{} is unavailable: {}", index, probe.reason));
   }
   if (index < 0 || index >= probe.count || index >= static_cast<int>(backends.size())) {
-    throw Error(ErrorCode::Backend,
-                fmt::format("cuda:{} is not present ({} CUDA device(s))", index, probe.count));
+    throw Error(ErrorCode::Backend, fmt::format("cuda:{} is not present ({} CUDA device(s))", index, probe.count));
   }
   const std::lock_guard lock(mutex);
   Backend*& slot = backends[static_cast<std::size_t>(index)];
@@ -78,10 +77,12 @@ Backend& backend_for(Device device) {
 #if MICACHE_WITH_CUDA
   return cuda_backend(device.index);
 #else
-  throw Error(ErrorCode::Backend,
-              fmt::format("{} requested: {}", device.to_string(), cuda_unavailable_reason()));
+  throw Error(ErrorCode::Backend, fmt::format("{} requested: {}", device.to_string(), cuda_unavailable_reason()));
 #endif
 }
+
+// Defined here, beside the probe it asks, so device.cpp needs no registry.
+Device Device::best() { return cuda_unavailable_reason().empty() ? Device::cuda(0) : Device::cpu(); }
 
 std::vector<Device> available_devices() {
   std::vector<Device> devices{Device::cpu()};

@@ -8,6 +8,7 @@
 
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
+#include "src/core/checks.hpp"
 #include "src/core/storage.hpp"
 
 namespace micache {
@@ -28,13 +29,6 @@ Storage::~Storage() {
 
 namespace {
 
-void require_float_dtype(DType dtype, const char* what) {
-  if (!is_float_dtype(dtype)) {
-    throw Error(ErrorCode::Config,
-                fmt::format("{} needs a float dtype (f32, f16, bf16), got {}", what, dtype_name(dtype)));
-  }
-}
-
 void store_from_f32(std::span<const float> values, DType dtype, void* dst) {
   switch (dtype) {
     case DType::F32:
@@ -54,7 +48,7 @@ void store_from_f32(std::span<const float> values, DType dtype, void* dst) {
     case DType::U8:
       break;
   }
-  require_float_dtype(dtype, "from_host");
+  detail::require_float_dtype(dtype, "from_host dtype");
 }
 
 // Fills a new tensor of `shape` on `device` and `stream` from host bytes produced by `fill`.
@@ -77,10 +71,10 @@ Tensor make_from_host(Shape shape, DType dtype, Device device, Stream stream, Fi
 }  // namespace
 
 Tensor Tensor::from_host(std::span<const float> values, Shape shape, DType dtype, Device device, Stream stream) {
-  require_float_dtype(dtype, "Tensor::from_host");
+  detail::require_float_dtype(dtype, "Tensor::from_host dtype");
   if (values.size() != shape.numel()) {
-    throw Error(ErrorCode::Shape, fmt::format("from_host: {} values do not fill shape {} ({} elements)",
-                                              values.size(), shape.to_string(), shape.numel()));
+    throw Error(ErrorCode::Shape, fmt::format("from_host: {} values do not fill shape {} ({} elements)", values.size(),
+                                              shape.to_string(), shape.numel()));
   }
   return make_from_host(std::move(shape), dtype, device, stream,
                         [&](void* dst) { store_from_f32(values, dtype, dst); });
@@ -98,9 +92,9 @@ Tensor Tensor::from_host_i32(std::span<const std::int32_t> values, Shape shape, 
 Tensor Tensor::from_host_bytes(std::span<const std::byte> bytes, Shape shape, DType dtype, Device device,
                                Stream stream) {
   if (bytes.size() != shape.numel() * dtype_size(dtype)) {
-    throw Error(ErrorCode::Shape, fmt::format("from_host_bytes: {} bytes do not fill shape {} of {} ({} bytes)",
-                                              bytes.size(), shape.to_string(), dtype_name(dtype),
-                                              shape.numel() * dtype_size(dtype)));
+    throw Error(ErrorCode::Shape,
+                fmt::format("from_host_bytes: {} bytes do not fill shape {} of {} ({} bytes)", bytes.size(),
+                            shape.to_string(), dtype_name(dtype), shape.numel() * dtype_size(dtype)));
   }
   return make_from_host(std::move(shape), dtype, device, stream,
                         [&](void* dst) { std::memcpy(dst, bytes.data(), bytes.size()); });
@@ -113,22 +107,20 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device, Stream stream) {
   std::size_t bytes = zero ? 0 : dtype_size(dtype);
   for (const std::size_t d : dims) {
     if (d != 0 && bytes > std::numeric_limits<std::size_t>::max() / d) {
-      throw Error(ErrorCode::OutOfMemory,
-                  fmt::format("a {} tensor of shape {} needs more bytes than size_t counts", dtype_name(dtype),
-                              shape.to_string()));
+      throw Error(ErrorCode::OutOfMemory, fmt::format("a {} tensor of shape {} needs more bytes than size_t counts",
+                                                      dtype_name(dtype), shape.to_string()));
     }
     bytes *= d;
   }
   return Tensor(std::make_shared<detail::Storage>(backend, bytes, stream), std::move(shape), dtype, 0);
 }
 
-Tensor Tensor::wrap(void* data, Shape shape, DType dtype, Device device, std::function<void()> release,
-                    Stream stream) {
+Tensor Tensor::wrap(void* data, Shape shape, DType dtype, Device device, std::function<void()> release, Stream stream) {
   if (data == nullptr && shape.numel() != 0) {
     throw Error(ErrorCode::Config, "Tensor::wrap: null data for a non-empty shape");
   }
-  return Tensor(std::make_shared<detail::Storage>(data, device, std::move(release), stream), std::move(shape),
-                dtype, 0);
+  return Tensor(std::make_shared<detail::Storage>(data, device, std::move(release), stream), std::move(shape), dtype,
+                0);
 }
 
 void Tensor::require_defined() const {
@@ -170,8 +162,7 @@ Tensor Tensor::narrow(std::size_t start, std::size_t length) const {
     throw Error(ErrorCode::Shape, "narrow of a rank-0 tensor");
   }
   if (start > shape_[0] || length > shape_[0] - start) {
-    throw Error(ErrorCode::Hook, fmt::format("rows [{}, {}) out of range (dim0={})", start,
-                                             start + length, shape_[0]));
+    throw Error(ErrorCode::Hook, fmt::format("rows [{}, {}) out of range (dim0={})", start, start + length, shape_[0]));
   }
   std::vector<std::size_t> dims = shape_.dims();
   const std::size_t row_bytes = nbytes() / (dims[0] == 0 ? 1 : dims[0]);
@@ -184,9 +175,7 @@ Tensor Tensor::select(std::size_t index) const {
   if (rank() == 0) {
     throw Error(ErrorCode::Shape, "select of a rank-0 tensor");
   }
-  if (index >= shape_[0]) {
-    throw Error(ErrorCode::Hook, fmt::format("index {} out of range (dim0={})", index, shape_[0]));
-  }
+  detail::require_index(index, shape_[0], "index", "dim0");
   const Tensor row = narrow(index, 1);
   std::vector<std::size_t> dims(shape_.dims().begin() + 1, shape_.dims().end());
   return Tensor(row.storage_, Shape(std::move(dims)), dtype_, row.offset_);
@@ -195,8 +184,8 @@ Tensor Tensor::select(std::size_t index) const {
 Tensor Tensor::reshape(Shape shape) const {
   require_defined();
   if (shape.numel() != numel()) {
-    throw Error(ErrorCode::Shape, fmt::format("reshape {} to {} changes the element count",
-                                              shape_.to_string(), shape.to_string()));
+    throw Error(ErrorCode::Shape,
+                fmt::format("reshape {} to {} changes the element count", shape_.to_string(), shape.to_string()));
   }
   return Tensor(storage_, std::move(shape), dtype_, offset_);
 }
@@ -272,8 +261,8 @@ Tensor Tensor::to(Device target, Stream stream) const {
 
 Tensor Tensor::to_dtype(DType dtype) const {
   require_defined();
-  require_float_dtype(dtype_, "to_dtype (source)");
-  require_float_dtype(dtype, "to_dtype (target)");
+  detail::require_float_dtype(dtype_, "to_dtype source dtype");
+  detail::require_float_dtype(dtype, "to_dtype target dtype");
   Tensor out = Tensor::empty(shape_, dtype, storage_->device, storage_->stream);
   backend_for(storage_->device).convert(data(), dtype_, out.mutable_data(), dtype, numel(), storage_->stream);
   return out;
