@@ -1,11 +1,14 @@
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
-#include "cpu/kernels.hpp"
+#include "cpu/cpu_backend.hpp"
 #include "micache/backend/detail/attend_split.hpp"
+#include "micache/backend/detail/estimators.hpp"
+#include "micache/backend/detail/qjl_projection.hpp"
+#include "micache/backend/detail/record_codec.hpp"
+#include "micache/backend/detail/rotation.hpp"
 
-namespace micache::cpu {
+namespace micache {
 namespace {
 
 using detail::RecordLayout;
@@ -32,13 +35,8 @@ PreparedQuery prepare(const RecordQuery& query, std::size_t q) {
   detail::rotate(x.data(), layout.dim, prepared.rotated.data(), signs_of(keys, head), layout.padded_dim);
   if (query.qjl) {
     prepared.projected.resize(layout.projections);
-    const float* matrix = keys.projections + head * layout.projections * layout.padded_dim;
-    for (std::size_t j = 0; j < layout.projections; ++j) {
-      float sum = 0.0f;
-      for (std::size_t i = 0; i < layout.padded_dim; ++i)
-        sum += matrix[j * layout.padded_dim + i] * prepared.rotated[i];
-      prepared.projected[j] = sum;
-    }
+    detail::project_query(keys.projections + head * layout.projections * layout.padded_dim, layout.projections,
+                          layout.padded_dim, prepared.rotated.data(), prepared.projected.data());
   }
   return prepared;
 }
@@ -60,16 +58,10 @@ void score_head(const RecordQuery& query, std::size_t q, float* out) {
 
 }  // namespace
 
-std::size_t find_non_finite(const void* data, DType dtype, std::size_t count) {
-  for (std::size_t i = 0; i < count; ++i) {
-    if (!std::isfinite(load_as_f32(data, dtype, i))) return i;
-  }
-  return count;
-}
-
 // Memory access: each vector is read once and its record written once; the
 // quantiser tables stay in cache across vectors.
-void encode_records(const RecordEncode& encode) {
+void CpuBackend::encode_records(const RecordEncode& encode, Stream stream) {
+  require_live(stream);
   const RecordRing& ring = encode.ring;
   const RecordLayout& layout = ring.layout;
   std::vector<float> x(layout.dim);
@@ -88,7 +80,8 @@ void encode_records(const RecordEncode& encode) {
 }
 
 // Memory access: one pass over each key head's records per query head.
-void score_records(const RecordQuery& query, float* scores) {
+void CpuBackend::score_records(const RecordQuery& query, float* scores, Stream stream) {
+  require_live(stream);
   for (std::size_t q = 0; q < query.query_heads; ++q) score_head(query, q, scores + q * query.tokens);
 }
 
@@ -96,7 +89,8 @@ void score_records(const RecordQuery& query, float* scores) {
 // value records, accumulating centroid * weight in the rotated domain chunk
 // by chunk (detail/attend_split.hpp, the CUDA kernels' split), the chunks
 // combined in order; one inverse rotation per query head at the end.
-void attend_records(const RecordQuery& query, const RecordRing& values, float* out) {
+void CpuBackend::attend_records(const RecordQuery& query, const RecordRing& values, float* out, Stream stream) {
+  require_live(stream);
   const RecordLayout& layout = values.layout;
   const std::size_t p = layout.padded_dim;
   const std::size_t chunks = detail::attend_chunks(query.tokens);
@@ -138,7 +132,8 @@ void attend_records(const RecordQuery& query, const RecordRing& values, float* o
   }
 }
 
-void decode_records(const RecordRing& ring, std::size_t tokens, float* out) {
+void CpuBackend::decode_records(const RecordRing& ring, std::size_t tokens, float* out, Stream stream) {
+  require_live(stream);
   std::vector<float> scratch(ring.layout.padded_dim);
   for (std::size_t h = 0; h < ring.heads; ++h) {
     for (std::size_t t = 0; t < tokens; ++t) {
@@ -148,4 +143,4 @@ void decode_records(const RecordRing& ring, std::size_t tokens, float* out) {
   }
 }
 
-}  // namespace micache::cpu
+}  // namespace micache

@@ -10,7 +10,6 @@
 #include <string>
 #include <thread>
 
-#include "cpu/kernels.hpp"
 #include "micache/error.hpp"
 
 namespace micache {
@@ -49,9 +48,9 @@ void CpuBackend::require_live(Stream stream) const {
   if (stream.handle == nullptr) return;
   const std::shared_lock lock(streams_mutex_);
   if (live_streams_.count(stream_id(stream)) == 0) {
-    throw Error(ErrorCode::Backend,
-                fmt::format("stream {} is not a live cpu stream (destroyed, or made by another backend)",
-                            stream.handle));
+    throw Error(
+        ErrorCode::Backend,
+        fmt::format("stream {} is not a live cpu stream (destroyed, or made by another backend)", stream.handle));
   }
 }
 
@@ -82,57 +81,5 @@ void CpuBackend::copy_device_to_device(void* dst, const void* src, std::size_t b
 }
 
 void CpuBackend::synchronize(Stream stream) { require_live(stream); }
-
-void CpuBackend::convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count,
-                         Stream stream) {
-  require_live(stream);
-  cpu::convert(src, src_dtype, dst, dst_dtype, count);
-}
-
-void CpuBackend::head_mean(const HeadMeanView& view, float* out, Stream stream) {
-  require_live(stream);
-  cpu::head_mean(view, out);
-}
-
-void CpuBackend::top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices,
-                                 float* weights, Stream stream) {
-  require_live(stream);
-  cpu::top_k_head_mean(view, k, indices, weights);
-}
-
-void CpuBackend::head_mean_column_sums(const HeadMeanView& view, float* out, Stream stream) {
-  require_live(stream);
-  cpu::head_mean_column_sums(view, out);
-}
-
-std::size_t CpuBackend::find_non_finite(const void* data, DType dtype, std::size_t count, Stream stream) {
-  require_live(stream);
-  return cpu::find_non_finite(data, dtype, count);
-}
-
-void CpuBackend::encode_records(const RecordEncode& encode, Stream stream) {
-  require_live(stream);
-  cpu::encode_records(encode);
-}
-
-void CpuBackend::score_records(const RecordQuery& query, float* scores, Stream stream) {
-  require_live(stream);
-  cpu::score_records(query, scores);
-}
-
-void CpuBackend::attend_records(const RecordQuery& query, const RecordRing& values, float* out, Stream stream) {
-  require_live(stream);
-  cpu::attend_records(query, values, out);
-}
-
-void CpuBackend::decode_records(const RecordRing& ring, std::size_t tokens, float* out, Stream stream) {
-  require_live(stream);
-  cpu::decode_records(ring, tokens, out);
-}
-
-void CpuBackend::copy_tokens(const TokenCopy& copy, Stream stream) {
-  require_live(stream);
-  cpu::copy_tokens(copy);
-}
 
 }  // namespace micache

@@ -1,4 +1,8 @@
-// CpuBackend: host memory and the reference kernels.
+// CpuBackend: host memory and the reference kernels. Memory, copies and
+// streams are defined in cpu_backend.cpp; each kernel method in the file of its
+// operation (head_mean.cpp: head_mean and head_mean_column_sums; top_k.cpp;
+// convert.cpp; find_non_finite.cpp; token_copy.cpp; compressed.cpp: encode,
+// score, attend and decode of records).
 #pragma once
 
 #include <cstdint>
@@ -10,7 +14,7 @@
 namespace micache {
 
 /// The CPU implementation of Backend: host memory (256-byte aligned) and the
-/// reference kernels of cpu/kernels.hpp, run on the calling thread: every call
+/// reference kernels, in plain C++ on the calling thread: every call
 /// has finished when it returns, so streams order nothing here. A stream is a
 /// checked handle instead: every call given one other than null throws
 /// Error(Backend) unless `create_stream` made it and it is not yet destroyed,
@@ -29,8 +33,9 @@ class CpuBackend final : public Backend {
   Stream create_stream() override;
   void destroy_stream(Stream stream) noexcept override;
 
-  void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count,
-               Stream stream) override;
+  // Kernels: the reference every backend matches bit for bit (scores and
+  // attention to a tolerance), one file per operation (see above).
+  void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count, Stream stream) override;
   void head_mean(const HeadMeanView& view, float* out, Stream stream) override;
   void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
                        Stream stream) override;

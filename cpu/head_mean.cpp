@@ -1,17 +1,20 @@
+#include "cpu/head_mean.hpp"
+
 #include <algorithm>
 #include <vector>
 
-#include "micache/backend/backend.hpp"
+#include "cpu/cpu_backend.hpp"
 
-#include "cpu/kernels.hpp"
-
-namespace micache::cpu {
+namespace micache {
+namespace cpu {
 
 std::size_t head_mean_block_rows(std::size_t n_cols) {
   constexpr std::size_t kBlockBytes = 512 * 1024;
   constexpr std::size_t kMaxBlockRows = 64;
   return std::clamp<std::size_t>(kBlockBytes / (sizeof(float) * std::max<std::size_t>(n_cols, 1)), 1, kMaxBlockRows);
 }
+
+}  // namespace cpu
 
 namespace {
 
@@ -24,7 +27,7 @@ template <class Element, class Load>
 void head_mean_rows(const HeadMeanView& view, float* out, Load load) {
   const auto* base = static_cast<const Element*>(view.data) + view.offset;
   const float count = static_cast<float>(view.heads.count);
-  const std::size_t block_rows = head_mean_block_rows(view.n_cols);
+  const std::size_t block_rows = cpu::head_mean_block_rows(view.n_cols);
   for (std::size_t first = 0; first < view.n_rows; first += block_rows) {
     const std::size_t rows = std::min(block_rows, view.n_rows - first);
     float* out_block = out + first * view.n_cols;
@@ -47,7 +50,8 @@ void head_mean_rows(const HeadMeanView& view, float* out, Load load) {
 
 }  // namespace
 
-void head_mean(const HeadMeanView& view, float* out) {
+void CpuBackend::head_mean(const HeadMeanView& view, float* out, Stream stream) {
+  require_live(stream);
   switch (view.dtype) {
     case DType::F16:
       head_mean_rows<std::uint16_t>(view, out, [](std::uint16_t v) { return f16_to_f32(v); });
@@ -66,7 +70,8 @@ void head_mean(const HeadMeanView& view, float* out) {
 
 // One row of head means at a time (head_mean's order per element), added into
 // the chunk's partial sums row by row; each full chunk is then added to `out`.
-void head_mean_column_sums(const HeadMeanView& view, float* out) {
+void CpuBackend::head_mean_column_sums(const HeadMeanView& view, float* out, Stream stream) {
+  require_live(stream);
   std::vector<float> row(view.n_cols);
   std::vector<float> chunk(view.n_cols, 0.0f);
   std::fill(out, out + view.n_cols, 0.0f);
@@ -74,7 +79,7 @@ void head_mean_column_sums(const HeadMeanView& view, float* out) {
     HeadMeanView one_row = view;
     one_row.offset += r * view.row_stride;
     one_row.n_rows = 1;
-    head_mean(one_row, row.data());
+    head_mean(one_row, row.data(), Stream{});
     for (std::size_t c = 0; c < view.n_cols; ++c) chunk[c] += row[c];
     if ((r + 1) % kColumnSumChunkRows == 0 || r + 1 == view.n_rows) {
       for (std::size_t c = 0; c < view.n_cols; ++c) out[c] += chunk[c];
@@ -83,4 +88,4 @@ void head_mean_column_sums(const HeadMeanView& view, float* out) {
   }
 }
 
-}  // namespace micache::cpu
+}  // namespace micache

@@ -1,9 +1,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "cpu/kernels.hpp"
+#include "cpu/cpu_backend.hpp"
 
-namespace micache::cpu {
+namespace micache {
 namespace {
 
 // One buffer pair. Memory access: per plane, a contiguous copy is split where
@@ -18,9 +18,8 @@ void copy_buffer(const TokenCopy& copy, const std::byte* src, std::byte* dst) {
       const std::size_t logical = copy.src_tokens != nullptr ? static_cast<std::size_t>(copy.src_tokens[t]) : t;
       const std::size_t s = (copy.src_start + logical) % copy.src_capacity;
       const std::size_t d = (copy.dst_start + t) % copy.dst_capacity;
-      const std::size_t run = copy.src_tokens != nullptr
-                                  ? 1
-                                  : std::min({copy.tokens - t, copy.src_capacity - s, copy.dst_capacity - d});
+      const std::size_t run =
+          copy.src_tokens != nullptr ? 1 : std::min({copy.tokens - t, copy.src_capacity - s, copy.dst_capacity - d});
       std::memcpy(dst_plane + d * copy.token_bytes, src_plane + s * copy.token_bytes, run * copy.token_bytes);
       t += run;
     }
@@ -29,10 +28,11 @@ void copy_buffer(const TokenCopy& copy, const std::byte* src, std::byte* dst) {
 
 }  // namespace
 
-void copy_tokens(const TokenCopy& copy) {
+void CpuBackend::copy_tokens(const TokenCopy& copy, Stream stream) {
+  require_live(stream);
   for (std::size_t b = 0; b < copy.buffers; ++b) {
     copy_buffer(copy, static_cast<const std::byte*>(copy.src[b]), static_cast<std::byte*>(copy.dst[b]));
   }
 }
 
-}  // namespace micache::cpu
+}  // namespace micache

@@ -1,5 +1,4 @@
-#include "cuda/grid.hpp"
-#include "cuda/head_mean.cuh"
+#include "cuda/common.cuh"
 #include "cuda/kernels.hpp"
 
 namespace micache::cuda {
@@ -34,7 +33,7 @@ __global__ void __launch_bounds__(kBlock) convert_kernel(const void* src, void* 
   auto* out = static_cast<typename ElementOf<T>::type*>(dst);
   const std::size_t stride = static_cast<std::size_t>(gridDim.x) * kBlock;
   for (std::size_t i = static_cast<std::size_t>(blockIdx.x) * kBlock + threadIdx.x; i < count; i += stride) {
-    // dtype.hpp's integer widening, as cpu::convert: __half2float would give
+    // dtype.hpp's integer widening, as CpuBackend::convert: __half2float would give
     // the canonical NaN for every F16 NaN, losing its sign and payload.
     out[i] = StoreOf<T>::from_f32(load_as_f32(src, S, i));
   }

@@ -1,6 +1,6 @@
 #include <algorithm>
 
-#include "cuda/grid.hpp"
+#include "cuda/common.cuh"
 #include "cuda/head_mean.cuh"
 #include "cuda/kernels.hpp"
 #include "cuda/row_split.hpp"

@@ -1,4 +1,6 @@
-// Private: launchers of the CUDA kernels (defined in the .cu files), called by CudaBackend.
+// Private: launchers of the CUDA kernels, called by CudaBackend: the one seam
+// between g++ (cuda_backend.cpp) and nvcc (the .cu files, one per operation
+// or path).
 // C++17. Each returns the cudaError_t of its own launches (checked after each);
 // none synchronises the host, none allocates: scratch comes from the caller.
 #pragma once
@@ -9,9 +11,9 @@
 #include <cstdint>
 
 #include "micache/backend/compressed_records.hpp"
-#include "micache/dtype.hpp"
 #include "micache/backend/head_mean_view.hpp"
 #include "micache/backend/token_copy.hpp"
+#include "micache/dtype.hpp"
 
 namespace micache::cuda {
 

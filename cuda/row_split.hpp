@@ -26,6 +26,10 @@ constexpr unsigned row_tile_blocks(std::size_t n_cols) { return grid_blocks(n_co
 
 // ---- top-k of few rows: each row split into segments, then merged ----
 
+/// Largest k the warp-level top-k selection handles (a warp's queue holds 32
+/// keys); larger k take the radix select (cuda/radix_select.hpp), then a sort.
+inline constexpr std::size_t kWarpTopKMax = 32;
+
 /// Least columns a top-k segment holds: below this a block's launch and merge
 /// cost more than its loads.
 inline constexpr std::size_t kTopKMinSegmentColumns = 1024;

@@ -10,8 +10,8 @@
 #include <cstdint>
 
 #include "cuda/grid.hpp"
-#include "micache/host_device.hpp"
 #include "micache/backend/token_copy.hpp"
+#include "micache/host_device.hpp"
 
 namespace micache::cuda {
 

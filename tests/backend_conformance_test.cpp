@@ -77,8 +77,11 @@
 #include "cuda/record_plan.hpp"
 #include "cuda/row_split.hpp"
 #include "micache/backend/detail/attend_split.hpp"
+#include "micache/backend/detail/estimators.hpp"
+#include "micache/backend/detail/record_codec.hpp"
+#include "micache/backend/detail/record_layout.hpp"
+#include "micache/backend/detail/rotation.hpp"
 #include "micache/backend/detail/top_k_key.hpp"
-#include "micache/backend/detail/turbo_quant.hpp"
 #include "quantiser_tables.hpp"
 
 namespace micache::testing::conformance {
@@ -603,7 +606,7 @@ TopKOutput run_top_k(Backend& backend, const ViewCase& c, const Bytes& data, con
 
 std::vector<ViewCase> top_k_cases() {
   using D = DType;
-  const std::size_t warp = kWarpTopKMax;
+  const std::size_t warp = cuda::kWarpTopKMax;
   const std::string below = std::to_string(warp - 1);
   const std::string at = std::to_string(warp);
   const std::string above = std::to_string(warp + 1);
@@ -1408,7 +1411,7 @@ ExactScore exact_score(const RecordCase& c, const QuantiserTables& tables, const
 /// passes at most p + m + 16 roundings, so the error is at most
 /// gamma_(p + m + 16) times the sum of the absolute values of the terms. The
 /// rotation is the shared detail::rotate, whose adds and multiplies every
-/// backend performs in the same order (turbo_quant.hpp); should a backend
+/// backend performs in the same order (rotation.hpp); should a backend
 /// round one of them differently, a few ulps of a rotated coordinate move a
 /// score by a few u times its magnitude, well inside this bound.
 double score_error_bound(const RecordCase& c, const QuantiserTables& tables, const ExactScore& score) {
@@ -1564,7 +1567,7 @@ void hadamard(std::vector<double>& x) {
   }
 }
 
-/// x = D1 H D2 H y / p in double, truncated to `dim` (the inverse rotation of turbo_quant.hpp).
+/// x = D1 H D2 H y / p in double, truncated to `dim` (the inverse rotation of rotation.hpp).
 std::vector<double> unrotate_exact(std::vector<double> y, const std::uint32_t* signs, std::size_t dim) {
   const std::size_t p = y.size();
   hadamard(y);

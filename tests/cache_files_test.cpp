@@ -107,7 +107,7 @@ TEST_P(CacheFilesTest, IntegerPatternIsAnIoError) {
   writer.add("blocks.0.attn.hook_pattern", Tensor::from_host_i32(std::vector<std::int32_t>(16, 0), {1, 1, 4, 4}));
   writer.write(dir_.path("ints.safetensors"));
   expect_io_error([&] { AttentionCache::load(dir_.path("ints.safetensors"), GetParam()); },
-                  "is i32, a float dtype (F32, F16, BF16) is needed");
+                  "tensor 'blocks.0.attn.hook_pattern' must be f32, f16 or bf16, got i32");
 }
 
 // A cache that has wrapped, been evicted and has an empty layer.

@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "micache/backend/detail/turbo_quant.hpp"
+#include "micache/backend/detail/qjl_projection.hpp"
+#include "micache/backend/detail/record_layout.hpp"
+#include "micache/backend/detail/rotation.hpp"
 #include "micache/kv_cache_config.hpp"
 #include "src/quant/codebook.hpp"
 #include "src/quant/vector_quantizer.hpp"
@@ -514,6 +516,46 @@ TEST(VectorQuantizer, ProjectionMatrixIsStandardNormalAndSignsAreFair) {
   const std::vector<std::uint32_t> small = VectorQuantizer(6, 4, 0, 1, 1).rotation_signs();
   ASSERT_EQ(small.size(), 1u);  // p = 8: 2p = 16 bits
   EXPECT_EQ(small[0] >> 16, 0u);
+}
+
+/// <row, x> the way a warp of 32 lanes computes it, written out lane by lane:
+/// lane l sums the products of elements l, l + 32, ... in order, then at each
+/// xor-butterfly width w = 16, 8, 4, 2, 1 every lane adds lane l ^ w's value.
+/// Every lane must end with the same sum; lane 0's is returned.
+float warp_lane_tree_dot(const float* row, const float* x, std::uint32_t n) {
+  std::vector<float> lanes(32, 0.0f);
+  for (std::uint32_t lane = 0; lane < 32; ++lane) {
+    for (std::uint32_t i = lane; i < n; i += 32) lanes[lane] = lanes[lane] + row[i] * x[i];
+  }
+  for (std::uint32_t width = 16; width > 0; width >>= 1) {
+    std::vector<float> next(32);
+    for (std::uint32_t lane = 0; lane < 32; ++lane) next[lane] = lanes[lane] + lanes[lane ^ width];
+    lanes = next;
+  }
+  for (std::uint32_t lane = 1; lane < 32; ++lane) EXPECT_EQ(float_bits(lanes[lane]), float_bits(lanes[0]));
+  return lanes[0];
+}
+
+TEST(VectorQuantizer, QueryProjectionIsTheWarpLaneTreeBitForBit) {
+  // The QJL projection of a prepared query (VectorQuantizer::prepare and the
+  // CPU backend's score_records, both through detail::project_query) adds in
+  // the CUDA prepare kernel's order, so the backends agree bit for bit.
+  Gaussian gaussian(5);
+  for (const std::uint32_t dim : {2u, 24u, 96u, 128u, 1000u}) {
+    const VectorQuantizer quantizer(dim, 3, 40, 17, 1);
+    const std::uint32_t p = quantizer.layout().padded_dim;
+    const std::vector<float> q = gaussian.vector(dim);
+    const VectorQuantizer::PreparedQuery prepared = quantizer.prepare(q.data());
+    std::vector<float> projected(40);
+    detail::project_query(quantizer.projection_matrix().data(), 40, p, prepared.rotated.data(), projected.data());
+    ASSERT_EQ(prepared.projected.size(), 40u);
+    for (std::uint32_t j = 0; j < 40; ++j) {
+      const float* row = quantizer.projection_matrix().data() + std::size_t{j} * p;
+      const float expected = warp_lane_tree_dot(row, prepared.rotated.data(), p);
+      EXPECT_EQ(float_bits(prepared.projected[j]), float_bits(expected)) << "dim " << dim << ", row " << j;
+      EXPECT_EQ(float_bits(projected[j]), float_bits(expected)) << "dim " << dim << ", row " << j;
+    }
+  }
 }
 
 TEST(VectorQuantizer, ZeroVectorEncodesAndDecodesToZeros) {

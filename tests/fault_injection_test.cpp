@@ -126,7 +126,15 @@ TEST_P(FaultInjection, CompressedPushes) {
   const Tensor v = Tensor::from_host(random_values(2 * 16, 4, -1.0f, 1.0f), {2, 16}, DType::F32, GetParam());
   EXPECT_GE(sweep_compressed([&](CompressedHeads& h) { h.push(k, v); }), 2u);  // ring growth at 16 -> 32
   const std::vector<std::vector<float>> host(2, std::vector<float>(16, 0.25f));
-  EXPECT_GE(sweep_compressed([&](CompressedHeads& h) { h.push_token(host, host); }), 4u);
+  const auto multi_head = [this] {  // the same store behind bitpolar's host-vector API
+    MultiHeadKvCache cache(2, {.head_dim = 16, .bits = 4, .projections = 8, .seed = 3}, GetParam());
+    cache.heads() = compressed();
+    return cache;
+  };
+  EXPECT_GE(sweep<MultiHeadKvCache>(
+                GetParam(), multi_head, [&](MultiHeadKvCache& c) { c.push_token(host, host); },
+                [](const MultiHeadKvCache& c) { return compressed_state(c.heads()); }),
+            4u);
   EXPECT_GE(sweep_compressed([](CompressedHeads& h) { h.reserve(100); }), 2u);
 }
 

@@ -24,8 +24,11 @@
 #include "cuda/token_copy_plan.hpp"
 #include "micache/backend/detail/attend_split.hpp"
 #include "micache/backend/detail/parallel_record.hpp"
+#include "micache/backend/detail/record_codec.hpp"
+#include "micache/backend/detail/record_layout.hpp"
+#include "micache/backend/detail/rotation.hpp"
+#include "micache/backend/detail/rounding.hpp"
 #include "micache/backend/detail/top_k_key.hpp"
-#include "micache/backend/detail/turbo_quant.hpp"
 #include "test_support.hpp"
 
 namespace micache::testing {

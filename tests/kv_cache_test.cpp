@@ -505,7 +505,7 @@ TEST_P(KVCacheTest, SetLayerWithOtherGeometryLeavesCacheUnchanged) {
                "layer 1: [batch, kv_heads, head_dim] = [1, 3, 4] differs from layer 0's [1, 2, 4]");
   const Tensor rank3 = Tensor::empty({kHeads, 5, kDim}, DType::F32, GetParam());
   expect_error([&] { cache.set_layer(1, rank3, rank3); }, ErrorCode::Shape,
-               "set_layer: keys must be [batch, kv_heads, seq_len, head_dim], got [2, 5, 4]");
+               "set_layer: keys must be [batch, kv_heads, seq_len, head_dim], got rank 3 [2, 5, 4]");
   expect_holds(cache, 0, 5);
 }
 
@@ -547,6 +547,100 @@ TEST_P(KVCacheTest, AllocationFailureDuringReserveLeavesCacheUnchanged) {
   EXPECT_EQ(backend.memory_stats().in_use, in_use);
   EXPECT_EQ(cache.capacity(), 16u);
   expect_holds(cache, 0, 8);
+}
+
+// ---- the one compaction: a kept suffix moves no byte, anything else is copied ----
+
+TEST_P(KVCacheTest, EvictToWindowWithoutSinksMovesNoByte) {
+  Backend& backend = backend_for(GetParam());
+  KVCache cache = filled(2, 20);
+  const std::size_t in_use = backend.memory_stats().in_use;
+  EXPECT_TRUE(cache.evict_to_window(0, 6));
+  EXPECT_EQ(backend.memory_stats().in_use, in_use);  // the ring's start moved; no new buffer
+  expect_positions(cache, range(14, 20));
+}
+
+TEST_P(KVCacheTest, EvictToWindowWithWindowZeroKeepsOnlyTheSinks) {
+  KVCache cache = filled(2, 20);
+  EXPECT_TRUE(cache.evict_to_window(3, 0));
+  expect_positions(cache, range(0, 3));
+  for (std::size_t l = 0; l < 2; ++l) append(cache, l, 20, 1);
+  expect_positions(cache, {0, 1, 2, 20});
+}
+
+TEST_P(KVCacheTest, HeavyHittersWithHeavyZeroKeepTheWindowAndMoveNoByte) {
+  Backend& backend = backend_for(GetParam());
+  KVCache cache = filled(2, 12);
+  const std::size_t in_use = backend.memory_stats().in_use;
+  EXPECT_TRUE(cache.evict_heavy_hitters(Tensor::from_host(random_values(12, 5), {12}, DType::F32, GetParam()), 0, 4));
+  EXPECT_EQ(backend.memory_stats().in_use, in_use);
+  expect_positions(cache, range(8, 12));
+}
+
+TEST_P(KVCacheTest, HeavyHittersWithWindowZeroKeepOnlyTheBestScored) {
+  KVCache cache = filled(1, 8);
+  const std::vector<float> scores{0, 6, 0, 0, 0, 0, 7, 0};
+  EXPECT_TRUE(cache.evict_heavy_hitters(Tensor::from_host(scores, {8}, DType::F32, GetParam()), 2, 0));
+  expect_positions(cache, {1, 6});
+}
+
+TEST_P(KVCacheTest, HeavyHittersAcrossManyRangesAfterWrapAround) {
+  KVCache cache = filled(1, 16);
+  cache.trim_to(6);         // positions 10..15 at slots 10..15
+  append(cache, 0, 16, 8);  // 16..23 wrap into slots 0..7
+  const std::vector<float> scores{9, 0, 8, 0, 7, 0, 6, 0, 5, 0, 0, 0, 0, 0};
+  EXPECT_TRUE(cache.evict_heavy_hitters(Tensor::from_host(scores, {14}, DType::F32, GetParam()), 5, 2));
+  expect_positions(cache, {10, 12, 14, 16, 18, 22, 23});
+}
+
+// ---- argument checks in the shared wording (src/core/checks.hpp) ----
+
+TEST_P(KVCacheTest, UndefinedHeavyHitterScoresAreRejected) {
+  KVCache cache = filled(2, 6);
+  expect_error([&] { cache.evict_heavy_hitters(Tensor(), 1, 1); }, ErrorCode::Config,
+               "evict_heavy_hitters: scores: undefined tensor");
+  expect_holds(cache, 0, 6);
+}
+
+TEST_P(KVCacheTest, UndefinedKeysAreRejected) {
+  KVCache cache(1);
+  expect_error([&] { cache.append(0, Tensor(), tokens(0, 0, 1, true)); }, ErrorCode::Config,
+               "append: keys: undefined tensor");
+}
+
+TEST_P(KVCacheTest, KeysAndValuesOfTwoDtypesAreRejected) {
+  KVCache cache(1);
+  expect_error([&] { cache.append(0, tokens(0, 0, 1, false), tokens(0, 0, 1, true, DType::BF16)); },
+               ErrorCode::Config, "append: keys (f32) and values (bf16) differ in dtype");
+}
+
+TEST_P(KVCacheTest, IntegerKeysAreRejected) {
+  KVCache cache(1);
+  const Tensor ints =
+      Tensor::from_host_i32(std::vector<std::int32_t>(kHeads * kDim, 1), {1, kHeads, 1, kDim}, GetParam());
+  expect_error([&] { cache.set_layer(0, ints, ints); }, ErrorCode::Config,
+               "set_layer: keys must be f32, f16 or bf16, got i32");
+}
+
+// ---- the restore hook ----
+
+TEST_P(KVCacheTest, RestorePositionsGivesTheLayerItsPositions) {
+  KVCache cache = filled(2, 4);
+  cache.restore_positions(1, {2, 3, 7, 9}, 12);
+  EXPECT_EQ(cache.positions(1), (std::vector<std::size_t>{2, 3, 7, 9}));
+  EXPECT_EQ(cache.first_position(1), 2u);
+  EXPECT_EQ(cache.next_position(1), 12u);
+  append(cache, 1, 4, 1);
+  EXPECT_EQ(cache.positions(1), (std::vector<std::size_t>{2, 3, 7, 9, 12}));
+}
+
+TEST_P(KVCacheTest, RestorePositionsOutOfOrderIsRejectedAndChangesNothing) {
+  KVCache cache = filled(1, 3);
+  expect_error([&] { cache.restore_positions(0, {0, 2, 2}, 5); }, ErrorCode::Shape,
+               "layer 0: positions must increase and stay below the next position 5; entry 2 is 2");
+  expect_error([&] { cache.restore_positions(0, {0, 1}, 5); }, ErrorCode::Shape, "layer 0: 2 positions for 3 tokens");
+  expect_positions(cache, range(0, 3));
+  EXPECT_EQ(cache.next_position(0), 3u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, KVCacheTest, ::testing::ValuesIn(test_devices()), device_param_name);

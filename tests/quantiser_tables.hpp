@@ -8,11 +8,11 @@
 #include <vector>
 
 #include "conformance_support.hpp"
-#include "micache/backend/detail/turbo_quant.hpp"
+#include "micache/backend/detail/record_layout.hpp"
 
 namespace micache::testing::conformance {
 
-/// One quantiser per head for `heads` heads (turbo_quant.hpp): rotation sign
+/// One quantiser per head for `heads` heads (detail/record_codec.hpp): rotation sign
 /// bits, a shared codebook, and for key records an m x p projection matrix.
 struct QuantiserTables {
   detail::RecordLayout layout{};

@@ -125,7 +125,8 @@ class AttentionCache {
 
   /// Top-k keys of every query row in one launch: `[seq_q, min(k, seq_k)]`
   /// indices and weights on the layer's device. The head mean is fused into
-  /// the selection (never materialised) for k <= kWarpTopKMax.
+  /// the selection (never materialised) for small k (on CUDA, k <= 32: the
+  /// warp path of cuda/top_k.cu).
   /// Error: Config when k = 0.
   TopK top_attended_all(std::size_t layer, std::size_t k, const HeadSelection& selection = {}) const;
 

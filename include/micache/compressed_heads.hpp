@@ -2,21 +2,36 @@
 #pragma once
 
 #include <cstddef>
-#include <map>
 #include <memory>
-#include <string>
 #include <utility>
-#include <vector>
 
-#include "micache/backend/compressed_records.hpp"
+#include "micache/device.hpp"
 #include "micache/kv_cache_config.hpp"
+#include "micache/stream.hpp"
 #include "micache/tensor.hpp"
 
 namespace micache {
 
+struct RecordRing;
+struct RecordQuery;
+namespace detail {
+struct HeadTables;
+}
+
+/// Whether a CompressedHeads call scans its tensor inputs for NaN and infinity.
+enum class FiniteCheck {
+  /// Scan on the device (one synchronisation per tensor); NonFiniteInput names the first bad element.
+  Scan,
+  /// No scan: for inputs the caller has checked already (the bitpolar-style
+  /// caches check host vectors on the host before they upload them). A
+  /// non-finite element then gives unspecified records or results.
+  Skip,
+};
+
 /// Keys and values of `num_heads` attention heads, compressed to a few bits
-/// per coordinate, on one device. MultiHeadKvCache, GqaKvCache,
-/// SlidingWindowKvCache and KvCacheCompressor (one head) are thin layers over it.
+/// per coordinate, on one device, with a device-tensor API. MultiHeadKvCache,
+/// GqaKvCache, SlidingWindowKvCache and KvCacheCompressor (one head) are thin
+/// layers over it that add bitpolar's host-vector API.
 ///
 /// Compression (TurboQuant-style, data-oblivious, online): each vector is
 /// rotated by a seeded randomised Hadamard transform (two rounds, O(d log d);
@@ -44,14 +59,15 @@ namespace micache {
 /// Errors (`Error` codes): DimensionMismatch (wrong head count or vector
 /// length, naming the argument), NonFiniteInput (NaN or infinity in keys,
 /// values or queries, naming the index, head and argument), Shape (tensor
-/// rank), Config (dtype, device), EmptyInput (attention over an empty cache),
-/// OutOfMemory, the config's errors at construction. A push validates every
-/// head before it writes anything: on error no head changes.
+/// rank), Config (dtype, device), Hook (head out of range), EmptyInput
+/// (attention over an empty cache), OutOfMemory, the config's errors at
+/// construction. A push validates every head before it writes anything: on
+/// error no head changes.
 ///
 /// Stream: tables, records and results are allocated, and every kernel runs,
 /// on the stream given at construction (null by default; it must belong to
 /// `device`). Tensors passed in must be ready in that stream's order. The
-/// finiteness checks of tensor inputs and every host result wait for it.
+/// finiteness scans of tensor inputs and every host result wait for it.
 ///
 /// Thread safety: const members may run concurrently; mutation needs exclusive access.
 class CompressedHeads {
@@ -69,38 +85,31 @@ class CompressedHeads {
   std::size_t len() const noexcept { return length_; }
   bool is_empty() const noexcept { return length_ == 0; }
 
-  /// Appends one token: `keys[h]` and `values[h]`, head_dim floats each, for
-  /// every head h. One host-to-device copy and one encode call for all heads.
-  void push_token(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values);
-
   /// Appends tokens already on the device: `keys` and `values` F32/F16/BF16,
   /// `[num_heads, head_dim]` (one token) or `[num_heads, tokens, head_dim]`
-  /// (prefill). The finiteness check synchronises once per tensor.
-  void push(const Tensor& keys, const Tensor& values);
+  /// (prefill), same shape. One encode call per kind for every head and token.
+  /// With FiniteCheck::Scan the finiteness scan synchronises once per tensor.
+  void push(const Tensor& keys, const Tensor& values, FiniteCheck check = FiniteCheck::Scan);
 
   /// Makes room for `tokens` tokens without growing again. Error: OutOfMemory (unchanged).
   void reserve(std::size_t tokens);
 
   /// Pre-softmax scores q.k / sqrt(head_dim) of every query against every
-  /// token: `queries` `[num_query_heads, head_dim]` (num_query_heads =
-  /// num_heads * group_size; query head q reads head q / group_size) on the
-  /// cache's device; result F32 `[num_query_heads, len()]` there.
-  Tensor scores(const Tensor& queries, std::size_t group_size = 1) const;
+  /// token: `queries` F32/F16/BF16 `[num_query_heads, head_dim]`
+  /// (num_query_heads = num_heads * group_size; query head q reads head
+  /// q / group_size) on the cache's device; result F32 `[num_query_heads,
+  /// len()]` there. Error: Config when group_size is 0.
+  Tensor scores(const Tensor& queries, std::size_t group_size = 1, FiniteCheck check = FiniteCheck::Scan) const;
 
   /// softmax(scores) . V per query head: F32 `[num_query_heads, head_dim]`.
   /// Values are decoded in the rotated domain and rotated back once per head.
   /// Error: EmptyInput when the cache is empty.
-  Tensor attention_output(const Tensor& queries, std::size_t group_size = 1) const;
+  Tensor attention_output(const Tensor& queries, std::size_t group_size = 1,
+                          FiniteCheck check = FiniteCheck::Scan) const;
 
-  /// Host forms: `queries[q]` head_dim floats each; results per query head.
-  std::vector<std::vector<float>> attention_scores(const std::vector<std::vector<float>>& queries,
-                                                   std::size_t group_size = 1) const;
-  std::vector<std::vector<float>> attention_outputs(const std::vector<std::vector<float>>& queries,
-                                                    std::size_t group_size = 1) const;
-
-  /// Scores of one head's keys against one query (head_dim floats). Errors:
-  /// Hook for head out of range, DimensionMismatch, NonFiniteInput.
-  std::vector<float> head_scores(std::size_t head, const std::vector<float>& query) const;
+  /// Scores of head `head`'s keys against one query `[1, head_dim]`: F32 `[1,
+  /// len()]`, the row `scores` gives that head. Error: Hook for head out of range.
+  Tensor head_scores(std::size_t head, const Tensor& query, FiniteCheck check = FiniteCheck::Scan) const;
 
   /// Reconstructed keys / values, F32 `[num_heads, len(), head_dim]` on the device.
   Tensor decode_keys() const;
@@ -137,18 +146,12 @@ class CompressedHeads {
   double compression_ratio() const noexcept;
 
  private:
-  struct Tables;
-
-  void validate_host_vectors(const std::vector<std::vector<float>>& vectors, std::size_t expected_count,
-                             const char* what, const char* per_vector, std::size_t first_head = 0) const;
-  Tensor upload(const std::vector<std::vector<float>>& vectors) const;
-  static void check_group_size(std::size_t group_size);
-  void validate_queries(const Tensor& queries, std::size_t group_size) const;
+  void validate_queries(const Tensor& queries, const char* what, std::size_t rows, std::size_t first_head,
+                        FiniteCheck check) const;
   Tensor run_scores(const RecordQuery& query) const;
   Tensor run_attention(const RecordQuery& query) const;
   std::size_t capacity() const noexcept;
   std::pair<Tensor, Tensor> resized_rings(std::size_t capacity) const;
-  const CompressedHeads& check_head(std::size_t head) const;
   Tensor decoded(const RecordRing& ring) const;
   RecordRing key_ring() const;
   RecordRing value_ring() const;
@@ -159,47 +162,11 @@ class CompressedHeads {
   KvCacheConfig config_;
   Device device_;
   Stream stream_;
-  std::shared_ptr<const Tables> tables_;
+  std::shared_ptr<const detail::HeadTables> tables_;
   Tensor key_records_;    // U8 [num_heads, capacity, key_record_bytes], undefined when nothing is held
   Tensor value_records_;  // U8 [num_heads, capacity, value_record_bytes]
   std::size_t start_ = 0;
   std::size_t length_ = 0;
-};
-
-/// What every bitpolar-style compressed cache answers the same way: a
-/// CompressedHeads store and the accessors that read it. Base of
-/// KvCacheCompressor, MultiHeadKvCache and GqaKvCache.
-class CompressedCacheBase {
- public:
-  /// Tokens held.
-  std::size_t len() const noexcept { return heads_.len(); }
-  bool is_empty() const noexcept { return heads_.is_empty(); }
-  /// f32 bytes of the keys and values held over the bytes their records hold; 1.0 when empty.
-  double compression_ratio() const noexcept { return heads_.compression_ratio(); }
-  void clear() noexcept { heads_.clear(); }
-
-  /// Writes the records and config to the safetensors file `path`: tensors
-  /// `key_records` and `value_records` (U8, as CompressedHeads::records gives
-  /// them); metadata `micache.cache` (the class name), `micache.config` (the
-  /// KvCacheConfig as JSON), `micache.num_heads`, `micache.quantizer` (the
-  /// record format's version) and the class's own settings. Error: Io (an
-  /// earlier file at `path` is left as it was).
-  void save(const std::string& path) const;
-  /// The store: device-tensor `push`, `scores`, `attention_output`, memory figures.
-  CompressedHeads& heads() noexcept { return heads_; }
-  const CompressedHeads& heads() const noexcept { return heads_; }
-
- protected:
-  /// `kind`: the class name written to files (a string literal).
-  CompressedCacheBase(std::size_t num_heads, const KvCacheConfig& config, Device device, Stream stream,
-                      const char* kind)
-      : heads_(num_heads, config, device, stream), kind_(kind) {}
-
-  /// `save` under class name `kind`, with the class's `settings` added to the metadata.
-  void save_with(const std::string& path, const char* kind, const std::map<std::string, std::string>& settings) const;
-
-  CompressedHeads heads_;
-  const char* kind_;
 };
 
 }  // namespace micache

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "micache/kv_cache_compressor.hpp"
@@ -33,36 +34,37 @@ class GqaKvCache : public CompressedCacheBase {
 
   /// Appends one token: num_kv_heads keys and values. Atomic across heads.
   void push_token(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values) {
-    heads_.push_token(keys, values);
+    push_host(keys, values);
   }
   /// num_query_heads queries -> `[num_query_heads][len]` pre-softmax scores.
   std::vector<std::vector<float>> attention_scores(const std::vector<std::vector<float>>& queries) const {
-    return heads_.attention_scores(queries, group_size_);
+    return scores_host(queries, group_size_);
   }
   /// softmax(scores) . V per query head. Error: EmptyInput when empty.
   std::vector<std::vector<float>> attention_output(const std::vector<std::vector<float>>& queries) const {
-    return heads_.attention_outputs(queries, group_size_);
+    return outputs_host(queries, group_size_);
   }
-  std::size_t num_kv_heads() const noexcept { return heads_.num_heads(); }
-  std::size_t num_query_heads() const noexcept { return heads_.num_heads() * group_size_; }
+  std::size_t num_kv_heads() const noexcept { return heads().num_heads(); }
+  std::size_t num_query_heads() const noexcept { return heads().num_heads() * group_size_; }
   std::size_t group_size() const noexcept { return group_size_; }
-  /// Writes as CompressedCacheBase::save, plus metadata `micache.num_query_heads`.
+  /// Writes as KvCacheCompressor::save, plus metadata `micache.num_query_heads`.
   void save(const std::string& path) const;
   /// Reads a file written by `save` onto `device`, into a cache working on
   /// `stream`. Errors: as KvCacheCompressor::load.
   static GqaKvCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
   std::optional<KvHeadView> kv_head(std::size_t index) const {
-    return index < num_kv_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;
+    return index < num_kv_heads() ? std::optional<KvHeadView>(KvHeadView(heads(), index)) : std::nullopt;
   }
 
  private:
-  friend class SlidingWindowKvCache;  // saves through save_with
   std::size_t group_size_;
 };
 
 /// bitpolar's `SlidingWindowKvCache`: a GqaKvCache that keeps the last
 /// `window_size` tokens. Eviction moves the ring start (O(1), no bytes move).
-class SlidingWindowKvCache {
+/// The GqaKvCache is a private base: `cache()` reads it, and only
+/// `push_token` (which evicts) and the loader's `restore` change it.
+class SlidingWindowKvCache : private GqaKvCache {
  public:
   /// Errors: EmptyInput (`empty input: window_size must be > 0`), GqaKvCache's.
   SlidingWindowKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, std::size_t window_size,
@@ -70,33 +72,36 @@ class SlidingWindowKvCache {
 
   /// Appends one token, then drops the oldest while more than window_size are held.
   void push_token(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values);
-  std::vector<std::vector<float>> attention_scores(const std::vector<std::vector<float>>& queries) const {
-    return cache_.attention_scores(queries);
-  }
-  std::vector<std::vector<float>> attention_output(const std::vector<std::vector<float>>& queries) const {
-    return cache_.attention_output(queries);
-  }
+  /// As GqaKvCache's, over the tokens in the window.
+  using GqaKvCache::attention_output;
+  using GqaKvCache::attention_scores;
   /// Tokens held (at most window_size).
-  std::size_t window_len() const noexcept { return cache_.len(); }
+  std::size_t window_len() const noexcept { return len(); }
   /// Tokens pushed since construction or the last clear.
   std::size_t total_tokens_seen() const noexcept { return total_tokens_seen_; }
   std::size_t window_size() const noexcept { return window_size_; }
-  bool is_empty() const noexcept { return cache_.is_empty(); }
+  using GqaKvCache::is_empty;
   /// Empties the window and resets total_tokens_seen.
   void clear() noexcept {
-    cache_.clear();
+    GqaKvCache::clear();
     total_tokens_seen_ = 0;
   }
-  const GqaKvCache& cache() const noexcept { return cache_; }
+  const GqaKvCache& cache() const noexcept { return *this; }
   /// Writes as GqaKvCache::save, plus metadata `micache.window_size` and `micache.total_tokens_seen`.
   void save(const std::string& path) const;
   /// Reads a file written by `save` onto `device`, into a cache working on
   /// `stream`. Errors: as KvCacheCompressor::load.
   static SlidingWindowKvCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
 
+  /// The loader's restore hook: replaces the window with `key_records` and
+  /// `value_records` (as CompressedHeads::assign_records takes them) and sets
+  /// total_tokens_seen, as a saved file holds them. Errors: Shape (`5 tokens
+  /// held, window 4, 5 seen` when the records hold more than window_size
+  /// tokens or more than total_tokens_seen), those of assign_records; unchanged on error.
+  void restore(const Tensor& key_records, const Tensor& value_records, std::size_t total_tokens_seen);
+
  private:
   std::size_t window_size_;
-  GqaKvCache cache_;
   std::size_t total_tokens_seen_ = 0;
 };
 

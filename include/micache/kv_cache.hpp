@@ -2,23 +2,15 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdint>
 #include <string>
 #include <vector>
 
+#include "micache/eviction.hpp"
+#include "micache/position_runs.hpp"
 #include "micache/stream.hpp"
 #include "micache/tensor.hpp"
 
 namespace micache {
-
-/// How `enforce_memory_limit` trims a cache that is over its byte budget.
-enum class EvictionPolicy {
-  /// candle-mi's rule: one trim to floor(3 * seq_len / 4) tokens; does nothing
-  /// when that is 0, even if the cache stays over budget.
-  ThreeQuarters,
-  /// Keep the longest suffix of tokens whose bytes fit the budget (possibly 0).
-  UntilUnderBudget,
-};
 
 /// Keys and values of every layer, each `[batch, kv_heads, seq_len, head_dim]`,
 /// the sequence axis being dim 2 (candle-mi's KVCache, made real).
@@ -42,6 +34,13 @@ enum class EvictionPolicy {
 /// Positions: trimming drops the oldest tokens; `first_position(layer)` is the
 /// original position of the first kept token (0 until something is trimmed),
 /// so a caller that stored keys after RoPE knows which rotation they carry.
+///
+/// Eviction: `trim_to`, `enforce_memory_limit`, `evict_to_window` and
+/// `evict_heavy_hitters` each validate, ask their policy in eviction.hpp which
+/// tokens to keep (KeptTokens) and compact every layer by one routine: a kept
+/// suffix moves the ring's start; anything else is copied into new buffers of
+/// the same capacity (sinks + window one launch per range, heavy hitters one
+/// gather from an index list), and PositionRuns maps the positions.
 ///
 /// Stream: every buffer and result is allocated, and every copy and kernel
 /// runs, on the cache's stream (given at construction, null by default; it
@@ -73,7 +72,7 @@ class KVCache {
 
   /// Replaces `layer` with copies of `keys` and `values` (both `[batch,
   /// kv_heads, seq_len, head_dim]`, same shape). Errors: Hook (layer out of
-  /// range: `layer 10 out of range for KV cache`), Shape, Config.
+  /// range: `layer 10 out of range (layers=4)`), Shape, Config.
   void set_layer(std::size_t layer, const Tensor& keys, const Tensor& values);
 
   /// Appends `new_keys` and `new_values` (`[batch, kv_heads, n_new, head_dim]`)
@@ -104,20 +103,24 @@ class KVCache {
   /// Token slots per layer buffer (the largest over layers).
   std::size_t capacity() const noexcept;
 
-  /// Keeps the last `max_seq_len` tokens of every layer, keys and values.
-  /// False when seq_len() <= max_seq_len (nothing to trim). Moves no bytes.
+  /// Keeps the last `max_seq_len` tokens of every layer, keys and values
+  /// (eviction::last). False when seq_len() <= max_seq_len (nothing to trim).
+  /// Moves no bytes.
   /// Error: Shape when populated layers differ in length (unchanged).
   bool trim_to(std::size_t max_seq_len);
 
-  /// When memory_usage() > max_bytes, trims by `policy` and returns true;
-  /// false when under budget or when ThreeQuarters would trim to 0 tokens.
+  /// When memory_usage() > max_bytes, trims by `policy` (eviction::for_budget)
+  /// and returns true; false when under budget or when ThreeQuarters would trim
+  /// to 0 tokens. Moves no bytes. Error: Shape for unequal layer lengths.
   bool enforce_memory_limit(std::size_t max_bytes, EvictionPolicy policy = EvictionPolicy::ThreeQuarters);
 
   /// StreamingLLM-style eviction: keeps the first `sinks` and the last `window`
-  /// tokens of every layer (keys and values) and drops the rest, in one
-  /// compaction pass that moves each kept byte once (into new buffers of the
-  /// same capacity, so the cache stays fully usable if allocation fails: it is
-  /// then unchanged). False when seq_len() <= sinks + window.
+  /// tokens of every layer (keys and values; eviction::sinks_and_window) and
+  /// drops the rest, in one compaction pass that moves each kept byte once
+  /// (into new buffers of the same capacity, so the cache stays fully usable
+  /// if allocation fails: it is then unchanged; with no sinks the kept tokens
+  /// are a suffix and, as for trim_to, no byte moves). False when seq_len() <=
+  /// sinks + window.
   /// Positions: kept keys keep the rotation they were stored with (keys stored
   /// after RoPE are not re-rotated); `positions(layer)` tells each kept token's
   /// original position so the caller can build the right mask or re-rotate.
@@ -126,8 +129,10 @@ class KVCache {
 
   /// Heavy-hitter eviction (H2O): keeps the last `window` tokens of every
   /// layer and, among the older ones, the `heavy` with the largest `scores`,
-  /// in their original order; drops the rest in one gather launch per layer
-  /// (keys and values together) into new buffers of the same capacity.
+  /// in their original order (eviction::heavy_hitters); drops the rest in one
+  /// gather launch per layer (keys and values together) into new buffers of
+  /// the same capacity (none when the kept tokens are a suffix: the ring's
+  /// start moves, as for trim_to).
   ///
   /// `scores` ranks the kept tokens in cache order (entry t belongs to
   /// `positions(layer)[t]`): F32, F16 or BF16 on the cache's device, either
@@ -192,19 +197,13 @@ class KVCache {
   static KVCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
 
  private:
-  // Kept tokens' original positions as runs of consecutive positions, oldest first.
-  struct Run {
-    std::size_t begin = 0;
-    std::size_t length = 0;
-  };
-
   struct Layer {
     Tensor keys;    // [batch, kv_heads, capacity, head_dim] ring buffer, undefined when empty
     Tensor values;  // same shape as keys
     std::size_t start = 0;
     std::size_t length = 0;
-    std::vector<Run> runs;           // positions of the `length` kept tokens
-    std::size_t next_position = 0;   // position the next appended token gets
+    PositionRuns positions;         // original positions of the `length` kept tokens
+    std::size_t next_position = 0;  // position the next appended token gets
 
     bool populated() const noexcept { return keys.defined(); }
     std::size_t capacity() const noexcept { return populated() ? keys.dim(2) : 0; }
@@ -217,10 +216,11 @@ class KVCache {
   std::size_t common_length(const char* operation) const;
   Layer resized(const Layer& layer, std::size_t capacity) const;
   Tensor dense(const Layer& layer, const Tensor& ring) const;
-  void drop_oldest(std::size_t keep);
-  std::vector<std::vector<std::int32_t>> heavy_hitter_indices(const Tensor& scores, std::size_t length,
-                                                              std::size_t heavy, std::size_t window) const;
-  static std::vector<Run> runs_of(const Layer& layer, const std::vector<std::int32_t>& kept);
+  // How compaction copies kept tokens that are not a suffix: one launch per
+  // range (sinks + window), or one launch from an index list (heavy hitters).
+  enum class Gather { ByRange, ByIndexList };
+  Layer compacted(const Layer& layer, const KeptTokens& kept, Gather gather) const;
+  void keep_in_every_layer(const std::vector<KeptTokens>& kept, Gather gather);
 
   std::vector<Layer> layers_;
   Stream stream_;

@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "micache/kv_cache_compressor.hpp"
@@ -24,29 +25,31 @@ class MultiHeadKvCache : public CompressedCacheBase {
   /// Errors: EmptyInput (`empty input: num_heads must be > 0`), the config's.
   MultiHeadKvCache(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu(),
                    Stream stream = {})
-      : CompressedCacheBase(num_heads, config, device, stream, "MultiHeadKvCache") {}
+      : CompressedCacheBase(num_heads, config, device, stream) {}
 
   /// Appends one token: exactly num_heads keys and num_heads values of head_dim
   /// floats. Errors: DimensionMismatch{expected, actual} naming `keys` or
   /// `values` (or the head whose vector has the wrong length), NonFiniteInput.
   void push_token(const std::vector<std::vector<float>>& keys, const std::vector<std::vector<float>>& values) {
-    heads_.push_token(keys, values);
+    push_host(keys, values);
   }
   /// One pre-softmax score vector per head: `[num_heads][len]`.
   std::vector<std::vector<float>> attention_scores(const std::vector<std::vector<float>>& queries) const {
-    return heads_.attention_scores(queries);
+    return scores_host(queries, 1);
   }
   /// softmax(scores) . V per head: `[num_heads][head_dim]`. Error: EmptyInput when empty.
   std::vector<std::vector<float>> attention_output(const std::vector<std::vector<float>>& queries) const {
-    return heads_.attention_outputs(queries);
+    return outputs_host(queries, 1);
   }
-  std::size_t num_heads() const noexcept { return heads_.num_heads(); }
+  std::size_t num_heads() const noexcept { return heads().num_heads(); }
+  /// Writes as KvCacheCompressor::save.
+  void save(const std::string& path) const;
   /// Reads a file written by `save` onto `device`, into a cache working on
   /// `stream`. Errors: as KvCacheCompressor::load.
   static MultiHeadKvCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
   /// Head `index`, or nothing when out of range.
   std::optional<KvHeadView> head(std::size_t index) const {
-    return index < num_heads() ? std::optional<KvHeadView>(KvHeadView(heads_, index)) : std::nullopt;
+    return index < num_heads() ? std::optional<KvHeadView>(KvHeadView(heads(), index)) : std::nullopt;
   }
 };
 

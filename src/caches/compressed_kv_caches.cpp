@@ -1,9 +1,9 @@
+// GqaKvCache's and SlidingWindowKvCache's construction and the window's bookkeeping.
 #include <fmt/format.h>
 
 #include "micache/error.hpp"
 #include "micache/gqa_kv_cache.hpp"
-#include "micache/kv_cache_compressor.hpp"
-#include "src/caches/host_rows.hpp"
+#include "src/caches/compressed_errors.hpp"
 
 namespace micache {
 namespace {
@@ -13,48 +13,48 @@ std::size_t validated_kv_heads(std::size_t num_kv_heads, std::size_t num_query_h
   if (num_kv_heads == 0) throw Error(ErrorCode::EmptyInput, "empty input: num_kv_heads must be > 0");
   if (num_query_heads == 0) throw Error(ErrorCode::EmptyInput, "empty input: num_query_heads must be > 0");
   if (num_query_heads % num_kv_heads != 0) {
-    throw Error(ErrorCode::DimensionMismatch,
-                fmt::format("dimension mismatch: quantizer expects {}, got {} (num_query_heads {} is not a multiple "
-                            "of num_kv_heads {})",
-                            num_kv_heads, num_query_heads % num_kv_heads, num_query_heads, num_kv_heads));
+    throw detail::dimension_mismatch(
+        num_kv_heads, num_query_heads % num_kv_heads,
+        fmt::format("num_query_heads {} is not a multiple of num_kv_heads {}", num_query_heads, num_kv_heads));
   }
   return num_kv_heads;
 }
 
-std::size_t positive_window(std::size_t window_size) {
+// `num_kv_heads`, once `window_size` is checked (before the heads, as bitpolar).
+std::size_t kv_heads_of_window(std::size_t num_kv_heads, std::size_t window_size) {
   if (window_size == 0) throw Error(ErrorCode::EmptyInput, "empty input: window_size must be > 0");
-  return window_size;
+  return num_kv_heads;
 }
 
 }  // namespace
 
-std::vector<float> KvHeadView::attention_scores(const std::vector<float>& query) const {
-  return heads_->head_scores(head_, query);
-}
-
-std::vector<std::vector<float>> KvHeadView::decode_keys() const {
-  return detail::host_rows(heads_->decode_keys(head_));
-}
-
-std::vector<std::vector<float>> KvHeadView::decode_values() const {
-  return detail::host_rows(heads_->decode_values(head_));
-}
-
 GqaKvCache::GqaKvCache(std::size_t num_kv_heads, std::size_t num_query_heads, const KvCacheConfig& config,
                        Device device, Stream stream)
-    : CompressedCacheBase(validated_kv_heads(num_kv_heads, num_query_heads), config, device, stream, "GqaKvCache"),
+    : CompressedCacheBase(validated_kv_heads(num_kv_heads, num_query_heads), config, device, stream),
       group_size_(num_query_heads / num_kv_heads) {}
 
 SlidingWindowKvCache::SlidingWindowKvCache(std::size_t num_kv_heads, std::size_t num_query_heads,
                                            std::size_t window_size, const KvCacheConfig& config, Device device,
                                            Stream stream)
-    : window_size_(positive_window(window_size)), cache_(num_kv_heads, num_query_heads, config, device, stream) {}
+    : GqaKvCache(kv_heads_of_window(num_kv_heads, window_size), num_query_heads, config, device, stream),
+      window_size_(window_size) {}
 
 void SlidingWindowKvCache::push_token(const std::vector<std::vector<float>>& keys,
                                       const std::vector<std::vector<float>>& values) {
-  cache_.push_token(keys, values);
+  GqaKvCache::push_token(keys, values);
   ++total_tokens_seen_;
-  cache_.heads().keep_last(window_size_);
+  heads().keep_last(window_size_);
+}
+
+void SlidingWindowKvCache::restore(const Tensor& key_records, const Tensor& value_records,
+                                   std::size_t total_tokens_seen) {
+  const std::size_t tokens = key_records.rank() == 3 ? key_records.dim(1) : 0;
+  if (tokens > window_size_ || total_tokens_seen < tokens) {
+    throw Error(ErrorCode::Shape,
+                fmt::format("{} tokens held, window {}, {} seen", tokens, window_size_, total_tokens_seen));
+  }
+  heads().assign_records(key_records, value_records);
+  total_tokens_seen_ = total_tokens_seen;
 }
 
 }  // namespace micache

@@ -3,6 +3,11 @@
 #include <cmath>
 #include <cstddef>
 
+#include "micache/backend/detail/estimators.hpp"
+#include "micache/backend/detail/qjl_projection.hpp"
+#include "micache/backend/detail/record_codec.hpp"
+#include "micache/backend/detail/rotation.hpp"
+
 namespace micache::detail {
 namespace {
 
@@ -72,14 +77,7 @@ VectorQuantizer::PreparedQuery VectorQuantizer::prepare(const float* query) cons
   const std::uint32_t p = layout_.padded_dim;
   PreparedQuery prepared{std::vector<float>(p), std::vector<float>(layout_.projections)};
   rotate(query, layout_.dim, prepared.rotated.data(), rotation_signs_.data(), p);
-  for (std::uint32_t j = 0; j < layout_.projections; ++j) {
-    const float* row = projection_matrix_.data() + static_cast<std::size_t>(j) * p;
-    float sum = 0.0f;
-    for (std::uint32_t i = 0; i < p; ++i) {
-      sum += row[i] * prepared.rotated[i];
-    }
-    prepared.projected[j] = sum;
-  }
+  project_query(projection_matrix_.data(), layout_.projections, p, prepared.rotated.data(), prepared.projected.data());
   return prepared;
 }
 

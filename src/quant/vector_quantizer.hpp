@@ -4,16 +4,16 @@
 #include <cstdint>
 #include <vector>
 
-#include "micache/backend/detail/turbo_quant.hpp"
+#include "micache/backend/detail/record_layout.hpp"
 #include "src/quant/codebook.hpp"
 
 namespace micache::detail {
 
 /// One quantiser: a rotation, a codebook, and (keys only) a QJL matrix. Immutable after construction.
 ///
-/// Records follow `micache/backend/detail/turbo_quant.hpp`; every operation here is the
-/// reference the CUDA kernels reproduce (encode and decode bit for bit, scores
-/// to a tolerance). Copying shares the memoised codebook.
+/// Records follow `micache/backend/detail/record_layout.hpp`; every operation here is the
+/// reference the CUDA kernels reproduce (encode, decode and the query's
+/// projection bit for bit, scores to a tolerance). Copying shares the memoised codebook.
 ///
 /// Randomness is counter-based, so it is the same on every platform and needs
 /// no generator state: draw (seed, stream, purpose, index) is splitmix64's
@@ -56,7 +56,7 @@ class VectorQuantizer {
     std::vector<float> rotated;
     std::vector<float> projected;
   };
-  /// Prepares `query` (`dim` floats). O(p log p + m p).
+  /// Prepares `query` (`dim` floats): rotate, then detail::project_query. O(p log p + m p).
   PreparedQuery prepare(const float* query) const;
   /// Unbiased estimate of <query, x> from x's record (see detail::estimate_mse). O(p).
   float estimate_mse(const PreparedQuery& query, const std::uint8_t* record) const;

@@ -8,17 +8,14 @@
 #include <string>
 
 #include "micache/backend/compressed_records.hpp"
+#include "micache/backend/head_mean_view.hpp"
+#include "micache/backend/token_copy.hpp"
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
-#include "micache/backend/head_mean_view.hpp"
 #include "micache/memory_stats.hpp"
 #include "micache/stream.hpp"
-#include "micache/backend/token_copy.hpp"
 
 namespace micache {
-
-/// Largest k the warp-level top-k selection handles; larger k sorts each row.
-inline constexpr std::size_t kWarpTopKMax = 32;
 
 /// Most columns a top-k row may have: indices are int32 on every backend, so
 /// callers reject longer rows (Shape) before calling `top_k_head_mean`.
@@ -116,8 +113,8 @@ class Backend {
 
   /// Converts `count` elements between float dtypes (F32, F16, BF16), round to
   /// nearest even, NaN kept. Bytes moved: count * (size(src) + size(dst)).
-  virtual void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype,
-                       std::size_t count, Stream stream) = 0;
+  virtual void convert(const void* src, DType src_dtype, void* dst, DType dst_dtype, std::size_t count,
+                       Stream stream) = 0;
 
   /// Writes the `n_rows x n_cols` head means of `view` (see HeadMeanView) to
   /// `out`, row-major f32. Reads heads * n_rows * n_cols elements once.
@@ -126,12 +123,12 @@ class Backend {
   /// For each of the `n_rows` rows of head means of `view`, the `k` largest
   /// (1 <= k <= n_cols <= kMaxTopKColumns) in the order of detail::top_k_key:
   /// `indices[r*k + j]` is the column of the j-th, `weights[r*k + j]` its head
-  /// mean. One pass over the row for k <= kWarpTopKMax (on CUDA, a row split
-  /// over several blocks and merged when there are few rows); above, CUDA
-  /// runs a radix select up to k = 1024 and a sort of each row beyond, the
-  /// CPU a partial sort. No path synchronises the host.
-  virtual void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices,
-                               float* weights, Stream stream) = 0;
+  /// mean. The CPU partially sorts each row; CUDA chooses its path by k
+  /// (cuda/row_split.hpp: warp-level selection up to cuda::kWarpTopKMax, a
+  /// row split over several blocks when there are few rows; a radix select up
+  /// to k = 1024; a sort of each row beyond). No path synchronises the host.
+  virtual void top_k_head_mean(const HeadMeanView& view, std::size_t k, std::int32_t* indices, float* weights,
+                               Stream stream) = 0;
 
   /// For each column c < n_cols of `view`, the sum over its n_rows rows of the
   /// head means into `out[c]` (f32): rows are added in order within chunks of

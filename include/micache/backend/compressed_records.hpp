@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "micache/backend/detail/turbo_quant.hpp"
+#include "micache/backend/detail/record_layout.hpp"
 #include "micache/dtype.hpp"
 
 namespace micache {

@@ -1,17 +1,19 @@
-// The record math of turbo_quant.hpp split into steps that a group of
-// threads (a warp or a block) runs together and still gets the bits of the
-// sequential functions: the same butterflies, the same tree of additions,
-// the same codes, only spread over ranks. A step for `rank` of `ranks` does
-// the elements rank, rank + ranks, ...; callers synchronise the group
-// between steps. With ranks = 1 each step is the sequential loop, which is
-// how the host tests check them against turbo_quant.hpp.
+// The record math of record_codec.hpp and rotation.hpp split into steps
+// that a group of threads (a warp or a block) runs together and still gets
+// the bits of the sequential functions: the same butterflies, the same tree
+// of additions, the same codes, only spread over ranks. A step for `rank` of
+// `ranks` does the elements rank, rank + ranks, ...; callers synchronise the
+// group between steps. With ranks = 1 each step is the sequential loop, which
+// is how the host tests check them against the sequential functions.
 // C++17: included by .cu files.
 #pragma once
 
 #include <cstdint>
 
+#include "micache/backend/detail/record_layout.hpp"
+#include "micache/backend/detail/rotation.hpp"
+#include "micache/backend/detail/rounding.hpp"
 #include "micache/host_device.hpp"
-#include "micache/backend/detail/turbo_quant.hpp"
 
 namespace micache::detail {
 
@@ -45,10 +47,7 @@ MICACHE_HOST_DEVICE void group_fwht(float* x, std::uint32_t p, std::uint32_t ran
   }
 }
 
-/// detail::rotate by a group: y (p floats) = rotate(x). x and y distinct; on
-/// return y is complete for every rank (the last step ends with sync()).
-/// The middle of both rotations, by a group: fwht, then y_i * (1/sqrt(p))
-/// with D2's sign, then fwht again; sync() after each step.
+/// detail::middle_rounds by a group: sync() after each step.
 template <class Sync>
 MICACHE_HOST_DEVICE void group_middle_rounds(float* y, const std::uint32_t* signs, std::uint32_t p, std::uint32_t rank,
                                              std::uint32_t ranks, Sync&& sync) {
@@ -62,6 +61,8 @@ MICACHE_HOST_DEVICE void group_middle_rounds(float* y, const std::uint32_t* sign
   group_fwht(y, p, rank, ranks, sync);
 }
 
+/// detail::rotate by a group: y (p floats) = rotate(x). x and y distinct; on
+/// return y is complete for every rank (the last step ends with sync()).
 template <class Sync>
 MICACHE_HOST_DEVICE void group_rotate(const float* x, std::uint32_t dim, float* y, const std::uint32_t* signs,
                                       std::uint32_t p, std::uint32_t rank, std::uint32_t ranks, Sync&& sync) {

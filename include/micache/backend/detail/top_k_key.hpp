@@ -2,8 +2,10 @@
 // C++17: included by .cu files.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
+#include "micache/dtype.hpp"
 #include "micache/host_device.hpp"
 
 namespace micache::detail {
@@ -29,13 +31,10 @@ MICACHE_HOST_DEVICE inline std::uint32_t ordered_weight_bits(std::uint32_t bits)
 }
 
 MICACHE_HOST_DEVICE inline std::uint64_t top_k_key(std::uint32_t weight_bits, std::uint32_t index) {
-  return (static_cast<std::uint64_t>(ordered_weight_bits(weight_bits)) << 32) |
-         static_cast<std::uint32_t>(~index);
+  return (static_cast<std::uint64_t>(ordered_weight_bits(weight_bits)) << 32) | static_cast<std::uint32_t>(~index);
 }
 
-MICACHE_HOST_DEVICE inline std::uint32_t top_k_key_index(std::uint64_t key) {
-  return ~static_cast<std::uint32_t>(key);
-}
+MICACHE_HOST_DEVICE inline std::uint32_t top_k_key_index(std::uint64_t key) { return ~static_cast<std::uint32_t>(key); }
 
 /// The f32 bits of a key's weight (canonical quiet NaN for NaN).
 MICACHE_HOST_DEVICE inline std::uint32_t top_k_key_weight_bits(std::uint64_t key) {
@@ -44,6 +43,13 @@ MICACHE_HOST_DEVICE inline std::uint32_t top_k_key_weight_bits(std::uint64_t key
     return 0x7fc00000u;
   }
   return (ordered & 0x80000000u) ? (ordered & 0x7fffffffu) : ~ordered;
+}
+
+/// Stores `key`'s column at `indices[at]` and its weight at `weights[at]`:
+/// how every top-k writes a result.
+MICACHE_HOST_DEVICE inline void store_top_k(std::uint64_t key, std::size_t at, std::int32_t* indices, float* weights) {
+  indices[at] = static_cast<std::int32_t>(top_k_key_index(key));
+  weights[at] = bits_float(top_k_key_weight_bits(key));
 }
 
 }  // namespace micache::detail
