@@ -6,10 +6,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 
+#include "micache/backend/backends.hpp"
 #include "micache/error.hpp"
 
 namespace micache {
@@ -81,5 +83,7 @@ void CpuBackend::copy_device_to_device(void* dst, const void* src, std::size_t b
 }
 
 void CpuBackend::synchronize(Stream stream) { require_live(stream); }
+
+std::unique_ptr<Backend> cpu::make_backend() { return std::make_unique<CpuBackend>(); }
 
 }  // namespace micache

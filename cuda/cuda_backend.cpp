@@ -10,7 +10,7 @@
 // (Backend::deferred_errors) and writes the first of the process to stderr.
 // Kernel launchers report through cudaGetLastError(); `launch` makes that the
 // error of the launch alone (see there).
-#include "cuda/cuda_backend.hpp"
+#include "micache/backend/backends.hpp"
 
 #include <cuda_runtime_api.h>
 #include <fmt/format.h>
@@ -23,6 +23,7 @@
 
 #include "cuda/kernels.hpp"
 #include "cuda/radix_select.hpp"
+#include "cuda/row_split.hpp"
 #include "micache/error.hpp"
 
 namespace micache::cuda {

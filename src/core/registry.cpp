@@ -8,11 +8,8 @@
 #include <memory>
 #include <mutex>
 
-#include "cpu/cpu_backend.hpp"
+#include "micache/backend/backends.hpp"
 #include "micache/error.hpp"
-#if MICACHE_WITH_CUDA
-#include "cuda/cuda_backend.hpp"
-#endif
 
 namespace micache {
 namespace {
@@ -71,7 +68,7 @@ std::string cuda_unavailable_reason() {
 
 Backend& backend_for(Device device) {
   if (device.is_cpu()) {
-    static Backend* const cpu = new CpuBackend();
+    static Backend* const cpu = cpu::make_backend().release();
     return *cpu;
   }
 #if MICACHE_WITH_CUDA

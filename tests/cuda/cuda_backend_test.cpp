@@ -23,7 +23,7 @@
 #include <vector>
 
 #include "../test_support.hpp"
-#include "cuda/cuda_backend.hpp"
+#include "micache/backend/backends.hpp"
 #include "micache/micache.hpp"
 
 namespace micache::testing {
