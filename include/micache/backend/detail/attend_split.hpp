@@ -7,9 +7,9 @@
 // C++17: included by .cu files.
 #pragma once
 
-#include <cmath>
 #include <cstddef>
 
+#include "micache/backend/detail/rounding.hpp"
 #include "micache/host_device.hpp"
 
 namespace micache::detail {
@@ -24,15 +24,6 @@ MICACHE_HOST_DEVICE constexpr std::size_t attend_chunks(std::size_t tokens) {
 
 /// Floats of one chunk's partial state for p rotated coordinates: [max, sum, acc_0 .. acc_{p-1}].
 MICACHE_HOST_DEVICE constexpr std::size_t attend_partial_floats(std::size_t p) { return p + 2; }
-
-/// e^x in f32 (the device's expf, the host's std::exp).
-MICACHE_HOST_DEVICE inline float exp_f32(float x) {
-#if defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  return std::exp(x);
-#endif
-}
 
 /// The largest chunk maximum: partials[c * stride] for c < chunks, in chunk order.
 MICACHE_HOST_DEVICE inline float attend_max(const float* partials, std::size_t chunks, std::size_t stride) {

@@ -59,6 +59,17 @@ MICACHE_HOST_DEVICE inline float div_rn(float a, float b) {
 #endif
 }
 
+/// e^x in f32: the device's expf, the host's std::exp. Not correctly rounded,
+/// so the two may differ by an ulp; attention outputs, its only user, are
+/// compared across backends within derived bounds.
+MICACHE_HOST_DEVICE inline float exp_f32(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  return std::exp(x);
+#endif
+}
+
 /// sqrt(a), IEEE square root even under --use_fast_math.
 MICACHE_HOST_DEVICE inline float sqrt_rn(float a) {
 #if defined(__CUDA_ARCH__)
