@@ -3,7 +3,7 @@
 
 namespace micache::detail {
 
-/// Version of the compressed record format: detail::RecordLayout (turbo_quant.hpp) and the
+/// Version of the compressed record format: detail::RecordLayout (record_layout.hpp) and the
 /// quantiser's randomness (VectorQuantizer). Written as `micache.quantizer` by every compressed
 /// cache's `save`; a file is only read by a build that encodes alike, so change it with either.
 inline constexpr const char* kRecordFormat = "turboquant-hadamard2-lloydmax-qjl/1";
