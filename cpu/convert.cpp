@@ -25,6 +25,7 @@ void CpuBackend::convert(const void* src, DType src_dtype, void* dst, DType dst_
         break;
       case DType::I32:
       case DType::U8:
+      case DType::I64:
         break;  // callers pass float dtypes only
     }
   }

@@ -46,6 +46,8 @@ class CpuBackend final : public Backend {
   void attend_records(const RecordQuery& query, const RecordRing& values, float* out, Stream stream) override;
   void decode_records(const RecordRing& ring, std::size_t tokens, float* out, Stream stream) override;
   void copy_tokens(const TokenCopy& copy, Stream stream) override;
+  void paged_write(const PagedWrite& write, Stream stream) override;
+  void paged_gather(const PagedGather& gather, Stream stream) override;
 
  protected:
   void* do_allocate(std::size_t bytes, Stream stream) override;

@@ -64,6 +64,7 @@ void CpuBackend::head_mean(const HeadMeanView& view, float* out, Stream stream) 
       return;
     case DType::I32:
     case DType::U8:
+    case DType::I64:
       return;  // the caches accept float patterns only
   }
 }

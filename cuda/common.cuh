@@ -57,6 +57,7 @@ cudaError_t dispatch_dtype(DType dtype, Args&&... args) {
       return Op<DType::BF16>::run(args...);
     case DType::I32:
     case DType::U8:
+    case DType::I64:
       break;
   }
   return cudaErrorInvalidValue;

@@ -270,6 +270,16 @@ class CudaBackend final : public Backend {
     launch("copy_tokens kernel", [&] { return launch_copy_tokens(copy, native(stream)); });
   }
 
+  void paged_write(const PagedWrite& write, Stream stream) override {
+    const DeviceScope scope(index_);
+    launch("paged_write kernel", [&] { return launch_paged_write(write, native(stream)); });
+  }
+
+  void paged_gather(const PagedGather& gather, Stream stream) override {
+    const DeviceScope scope(index_);
+    launch("paged_gather kernel", [&] { return launch_paged_gather(gather, native(stream)); });
+  }
+
  protected:
   void* do_allocate(std::size_t bytes, Stream stream) override {
     const DeviceScope scope(index_);

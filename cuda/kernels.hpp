@@ -12,6 +12,7 @@
 
 #include "micache/backend/compressed_records.hpp"
 #include "micache/backend/head_mean_view.hpp"
+#include "micache/backend/paged_kv.hpp"
 #include "micache/backend/token_copy.hpp"
 #include "micache/dtype.hpp"
 
@@ -99,5 +100,11 @@ cudaError_t launch_decode_records(const RecordRing& ring, std::size_t tokens, vo
 
 /// Backend::copy_tokens on the device.
 cudaError_t launch_copy_tokens(const TokenCopy& copy, cudaStream_t stream);
+
+/// Backend::paged_write on the device: one launch (none for 0 tokens).
+cudaError_t launch_paged_write(const PagedWrite& write, cudaStream_t stream);
+
+/// Backend::paged_gather on the device: one launch (none for 0 tokens).
+cudaError_t launch_paged_gather(const PagedGather& gather, cudaStream_t stream);
 
 }  // namespace micache::cuda

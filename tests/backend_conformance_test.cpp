@@ -1,15 +1,16 @@
 // The conformance suite at the Backend seam: every kernel operation of
 // micache::Backend, driven with raw descriptors (HeadMeanView, TokenCopy,
-// RecordRing / RecordEncode / RecordQuery) on every available backend, with
-// memory from the backend's own allocate and copies.
+// PagedWrite / PagedGather, RecordRing / RecordEncode / RecordQuery) on every
+// available backend, with memory from the backend's own allocate and copies.
 //
 // On the CPU the answers are compared with plain reference loops written
 // here; on any other backend with CpuBackend. Bit for bit wherever backend.hpp
 // promises bits (convert, find_non_finite, head_mean, top_k_head_mean,
-// head_mean_column_sums, copy_tokens, encode_records' bytes, decode_records;
-// a NaN that arithmetic makes matches any NaN, its payload being the
-// hardware's); to a tolerance derived from the rounding error of f32 sums
-// where it promises agreement "to rounding" (score_records, attend_records).
+// head_mean_column_sums, copy_tokens, paged_write, paged_gather,
+// encode_records' bytes, decode_records; a NaN that arithmetic makes matches
+// any NaN, its payload being the hardware's); to a tolerance derived from the
+// rounding error of f32 sums where it promises agreement "to rounding"
+// (score_records, attend_records).
 // Every output buffer starts from random bytes (NaNs where compared to a
 // tolerance) and is compared whole, with a guard band after its end, so a
 // missing or stray write fails too.
@@ -42,6 +43,14 @@
 //   rotation, gathers (src_tokens) shuffled and with repeats, one and two
 //   buffers, token sizes 1, 2, 6, 12, 16, 18, 64, 256 and 8192 bytes,
 //   misaligned buffer addresses, 0 tokens and 0 planes;
+// - paged_write (22), paged_gather (18): NHD and HND; F32, F16, BF16;
+//   head_dim 1, 3, 64, 128, 129; page_size 1, 16 and 3 (not a power of two,
+//   which the descriptor allows); negative slots (-1, INT64_MIN, -page_size,
+//   every slot), the pool's last slot in every write and writes filling the
+//   last page; token strides past kv_heads * head_dim (a fused QKV slice, an
+//   odd stride) and misaligned inputs and outputs (narrower CUDA words);
+//   gathers ending mid-page and on a page boundary, one token, 1100 tokens;
+//   0 tokens; a write leaves every byte outside its slots' rows as it was;
 // - encode_records (28), decode_records (18): bits 1..8, key (QJL sign bits,
 //   m not a multiple of 8) and value records, F32/F16/BF16 inputs with offsets
 //   and padded strides, odd head_dim (3, 5, 77), the smallest (2) and the
@@ -58,7 +67,7 @@
 //   in shared memory, bits 1..8 (value bits apart from key bits), odd head_dim
 //   with misaligned queries, F32/F16/BF16 queries, head_dim 4096, 8192
 //   (shared and global query work space) and 131070, 0 tokens (score).
-// 205 cases in all, plus two checks that the boundary cases sit where they
+// 245 cases in all, plus two checks that the boundary cases sit where they
 // claim (KvCacheConfig's largest head_dim, CUDA's staging thresholds).
 #include <algorithm>
 #include <cmath>
@@ -1005,6 +1014,310 @@ TEST_P(BackendConformanceCopyTokens, MovesEveryTokenToItsRingSlotAndNothingElse)
 
 INSTANTIATE_TEST_SUITE_P(, BackendConformanceCopyTokens, ::testing::ValuesIn(on_every_device(copy_cases())),
                          device_case_name<CopyCase>);
+
+// ===========================================================================
+// paged_write and paged_gather
+// ===========================================================================
+
+struct PagedCase {
+  std::string name;
+  PagedLayout layout = PagedLayout::Nhd;
+  DType dtype = DType::F32;
+  std::size_t head_dim = 64;
+  std::size_t kv_heads = 2;
+  std::size_t page_size = 16;
+  std::size_t num_pages = 4;
+  std::size_t tokens = 0;
+  std::size_t stride_pad = 0;      ///< write: elements between tokens of the inputs past kv_heads * head_dim
+  std::size_t first_slot = 0;      ///< write: slots are drawn from [first_slot, num_pages * page_size)
+  std::size_t negative_every = 0;  ///< write: every n-th token's slot is negative (0: none)
+  std::size_t misalign = 0;        ///< bytes added to the keys' and values' addresses (inputs or outputs)
+
+  std::size_t slots() const { return num_pages * page_size; }
+  std::size_t element() const { return dtype_size(dtype); }
+  std::size_t row_bytes() const { return head_dim * element(); }
+  std::size_t token_stride() const { return kv_heads * head_dim + stride_pad; }
+  std::size_t page_bytes() const { return num_pages * 2 * page_size * kv_heads * row_bytes(); }
+  /// Byte of the row of head `head` of the key (kind 0) or value (1) in slot
+  /// `slot`: NHD `[num_pages, 2, page_size, kv_heads, head_dim]`, HND
+  /// `[num_pages, 2, kv_heads, page_size, head_dim]`.
+  std::size_t row_byte(std::size_t slot, std::size_t kind, std::size_t head) const {
+    const std::size_t page = slot / page_size;
+    const std::size_t offset = slot % page_size;
+    const std::size_t row = layout == PagedLayout::Nhd ? ((page * 2 + kind) * page_size + offset) * kv_heads + head
+                                                       : ((page * 2 + kind) * kv_heads + head) * page_size + offset;
+    return row * row_bytes();
+  }
+  PagedPages pages(void* data) const {
+    return {.data = data,
+            .dtype = dtype,
+            .layout = layout,
+            .num_pages = num_pages,
+            .page_size = page_size,
+            .kv_heads = kv_heads,
+            .head_dim = head_dim};
+  }
+};
+
+// ---- paged_write -----------------------------------------------------------
+
+struct PagedWriteData {
+  Bytes pages;  ///< before the write
+  Bytes keys;   ///< misalign bytes, then tokens * token_stride elements
+  Bytes values;
+  std::vector<std::int64_t> slot_mapping;
+};
+
+/// Random pages and inputs; distinct slots of [first_slot, slots) in random
+/// order (the pool's last slot first), every negative_every-th replaced by a
+/// negative one (-1, INT64_MIN, -page_size, -2 in turn).
+PagedWriteData paged_write_data(const PagedCase& c) {
+  const std::uint32_t seed = seed_of(c.name);
+  const std::size_t input_bytes = c.misalign + c.tokens * c.token_stride() * c.element();
+  PagedWriteData data{
+      random_bytes(c.page_bytes(), seed), random_bytes(input_bytes, seed + 1), random_bytes(input_bytes, seed + 2), {}};
+  std::vector<std::int64_t> slots(c.slots() - c.first_slot);
+  std::iota(slots.begin(), slots.end(), static_cast<std::int64_t>(c.first_slot));
+  std::shuffle(slots.begin(), slots.end(), std::mt19937(seed + 3));
+  if (!slots.empty()) std::iter_swap(slots.begin(), std::max_element(slots.begin(), slots.end()));
+  EXPECT_LE(c.tokens, slots.size()) << "more tokens than distinct slots";
+  const std::int64_t negatives[] = {-1, std::numeric_limits<std::int64_t>::min(),
+                                    -static_cast<std::int64_t>(c.page_size), -2};
+  for (std::size_t t = 0; t < c.tokens; ++t) {
+    const bool negative = c.negative_every != 0 && t % c.negative_every == c.negative_every - 1;
+    data.slot_mapping.push_back(negative ? negatives[(t / c.negative_every) % std::size(negatives)] : slots[t]);
+  }
+  return data;
+}
+
+/// Token by token, head by head: the row of the key and of the value at
+/// token_stride * t + head_dim * head of the inputs to the rows of its slot;
+/// tokens with a negative slot skipped.
+Bytes reference_paged_write(const PagedCase& c, const PagedWriteData& data) {
+  Bytes pages = data.pages;
+  const Bytes* inputs[2] = {&data.keys, &data.values};
+  for (std::size_t t = 0; t < c.tokens; ++t) {
+    if (data.slot_mapping[t] < 0) continue;
+    const auto slot = static_cast<std::size_t>(data.slot_mapping[t]);
+    for (std::size_t kind = 0; kind < 2; ++kind) {
+      for (std::size_t h = 0; h < c.kv_heads; ++h) {
+        const std::size_t from = c.misalign + (t * c.token_stride() + h * c.head_dim) * c.element();
+        std::memcpy(pages.data() + c.row_byte(slot, kind, h), inputs[kind]->data() + from, c.row_bytes());
+      }
+    }
+  }
+  return pages;
+}
+
+Bytes run_paged_write(Backend& backend, const PagedCase& c, const PagedWriteData& data) {
+  const DeviceBuffer pages(backend, data.pages);
+  const DeviceBuffer keys(backend, data.keys);
+  const DeviceBuffer values(backend, data.values);
+  const DeviceBuffer slot_mapping(backend, bytes_of(data.slot_mapping));
+  PagedWrite write;
+  write.pages = c.pages(pages.at());
+  write.keys = keys.at(c.misalign);
+  write.values = values.at(c.misalign);
+  write.token_stride = c.token_stride();
+  write.tokens = c.tokens;
+  write.slot_mapping = slot_mapping.as<std::int64_t>();
+  backend.paged_write(write, Stream{});
+  return pages.read();
+}
+
+std::vector<PagedCase> paged_write_cases() {
+  using D = DType;
+  using L = PagedLayout;
+  return {
+      {.name = "nhd_f32_head_dim_64", .tokens = 40, .negative_every = 5},
+      {.name = "hnd_f32_head_dim_64", .layout = L::Hnd, .tokens = 40, .negative_every = 5},
+      {.name = "nhd_f16_head_dim_1", .dtype = D::F16, .head_dim = 1, .kv_heads = 3, .tokens = 50},
+      {.name = "hnd_bf16_head_dim_1", .layout = L::Hnd, .dtype = D::BF16, .head_dim = 1, .tokens = 50},
+      {.name = "nhd_bf16_head_dim_3", .dtype = D::BF16, .head_dim = 3, .kv_heads = 3, .tokens = 30},
+      {.name = "hnd_f16_head_dim_3", .layout = L::Hnd, .dtype = D::F16, .head_dim = 3, .tokens = 30},
+      {.name = "nhd_bf16_head_dim_128_decode", .dtype = D::BF16, .head_dim = 128, .kv_heads = 8, .tokens = 24},
+      {.name = "hnd_bf16_head_dim_128",
+       .layout = L::Hnd,
+       .dtype = D::BF16,
+       .head_dim = 128,
+       .kv_heads = 4,
+       .tokens = 60,
+       .negative_every = 7},
+      {.name = "nhd_f32_head_dim_129", .head_dim = 129, .tokens = 35, .negative_every = 4},
+      {.name = "hnd_f16_head_dim_129", .layout = L::Hnd, .dtype = D::F16, .head_dim = 129, .tokens = 35},
+      {.name = "nhd_page_size_1", .page_size = 1, .num_pages = 40, .tokens = 30, .negative_every = 3},
+      {.name = "hnd_bf16_page_size_1",
+       .layout = L::Hnd,
+       .dtype = D::BF16,
+       .page_size = 1,
+       .num_pages = 40,
+       .tokens = 40},
+      {.name = "nhd_fills_the_last_page", .tokens = 16, .first_slot = 48},
+      {.name = "hnd_bf16_fills_the_last_page", .layout = L::Hnd, .dtype = D::BF16, .tokens = 16, .first_slot = 48},
+      {.name = "nhd_bf16_fused_qkv_stride", .dtype = D::BF16, .head_dim = 128, .tokens = 20, .stride_pad = 512},
+      {.name = "hnd_f16_odd_token_stride", .layout = L::Hnd, .dtype = D::F16, .tokens = 20, .stride_pad = 1},
+      {.name = "nhd_f16_misaligned_inputs", .dtype = D::F16, .tokens = 20, .misalign = 2},
+      {.name = "hnd_every_slot_negative", .layout = L::Hnd, .tokens = 10, .negative_every = 1},
+      {.name = "nhd_page_size_3", .dtype = D::BF16, .head_dim = 5, .page_size = 3, .num_pages = 9, .tokens = 25},
+      {.name = "hnd_bf16_prefill",
+       .layout = L::Hnd,
+       .dtype = D::BF16,
+       .head_dim = 128,
+       .kv_heads = 4,
+       .num_pages = 70,
+       .tokens = 1100,
+       .negative_every = 100},
+      {.name = "nhd_no_tokens"},
+      {.name = "hnd_no_tokens", .layout = L::Hnd},
+  };
+}
+
+using BackendConformancePagedWrite = ConformanceTest<PagedCase>;
+
+TEST_P(BackendConformancePagedWrite, CopiesEachTokensRowsToItsSlotSkippingNegativeSlots) {
+  const PagedCase& c = param();
+  const PagedWriteData data = paged_write_data(c);
+  const Bytes expected =
+      on_reference_device() ? reference_paged_write(c, data) : run_paged_write(cpu_backend(), c, data);
+  expect_same_bytes(run_paged_write(backend(), c, data), expected, c.element(), "pages");
+}
+
+TEST_P(BackendConformancePagedWrite, LeavesEveryByteOutsideItsSlotsRowsAsItWas) {
+  const PagedCase& c = param();
+  const PagedWriteData data = paged_write_data(c);
+  std::vector<bool> written(data.pages.size(), false);
+  for (std::size_t t = 0; t < c.tokens; ++t) {
+    if (data.slot_mapping[t] < 0) continue;
+    for (std::size_t kind = 0; kind < 2; ++kind) {
+      for (std::size_t h = 0; h < c.kv_heads; ++h) {
+        const std::size_t first = c.row_byte(static_cast<std::size_t>(data.slot_mapping[t]), kind, h);
+        std::fill_n(written.begin() + static_cast<std::ptrdiff_t>(first), c.row_bytes(), true);
+      }
+    }
+  }
+  Bytes actual = run_paged_write(backend(), c, data);
+  for (std::size_t b = 0; b < actual.size(); ++b) {
+    if (written[b]) actual[b] = data.pages[b];
+  }
+  expect_same_bytes(actual, data.pages, 1, "bytes outside the written rows");
+}
+
+INSTANTIATE_TEST_SUITE_P(, BackendConformancePagedWrite, ::testing::ValuesIn(on_every_device(paged_write_cases())),
+                         device_case_name<PagedCase>);
+
+// ---- paged_gather ----------------------------------------------------------
+
+struct PagedGatherData {
+  Bytes pages;
+  std::vector<std::int32_t> page_ids;  ///< distinct pages in random order, ceil(tokens / page_size) of them
+  Bytes keys;                          ///< the outputs before the gather: misalign bytes, then the dense rows
+  Bytes values;
+};
+
+PagedGatherData paged_gather_data(const PagedCase& c) {
+  const std::uint32_t seed = seed_of(c.name);
+  const std::size_t output_bytes = c.misalign + c.kv_heads * c.tokens * c.row_bytes();
+  PagedGatherData data{random_bytes(c.page_bytes(), seed),
+                       {},
+                       random_bytes(output_bytes, seed + 1),
+                       random_bytes(output_bytes, seed + 2)};
+  std::vector<std::int32_t> pages(c.num_pages);
+  std::iota(pages.begin(), pages.end(), 0);
+  std::shuffle(pages.begin(), pages.end(), std::mt19937(seed + 3));
+  const std::size_t used = (c.tokens + c.page_size - 1) / c.page_size;
+  EXPECT_LE(used, pages.size()) << "more pages than the pool";
+  data.page_ids.assign(pages.begin(), pages.begin() + static_cast<std::ptrdiff_t>(std::min(used, pages.size())));
+  return data;
+}
+
+/// Head by head, token by token: the row of token t (page page_ids[t /
+/// page_size], offset t % page_size) to row head * tokens + t of the dense
+/// keys and values.
+std::pair<Bytes, Bytes> reference_paged_gather(const PagedCase& c, const PagedGatherData& data) {
+  std::pair<Bytes, Bytes> out{data.keys, data.values};
+  Bytes* outputs[2] = {&out.first, &out.second};
+  for (std::size_t kind = 0; kind < 2; ++kind) {
+    for (std::size_t h = 0; h < c.kv_heads; ++h) {
+      for (std::size_t t = 0; t < c.tokens; ++t) {
+        const std::size_t slot =
+            static_cast<std::size_t>(data.page_ids[t / c.page_size]) * c.page_size + t % c.page_size;
+        std::memcpy(outputs[kind]->data() + c.misalign + (h * c.tokens + t) * c.row_bytes(),
+                    data.pages.data() + c.row_byte(slot, kind, h), c.row_bytes());
+      }
+    }
+  }
+  return out;
+}
+
+std::pair<Bytes, Bytes> run_paged_gather(Backend& backend, const PagedCase& c, const PagedGatherData& data) {
+  const DeviceBuffer pages(backend, data.pages);
+  const DeviceBuffer page_ids(backend, bytes_of(data.page_ids));
+  const DeviceBuffer keys(backend, data.keys);
+  const DeviceBuffer values(backend, data.values);
+  PagedGather gather;
+  gather.pages = c.pages(pages.at());
+  gather.page_ids = page_ids.as<std::int32_t>();
+  gather.tokens = c.tokens;
+  gather.keys = keys.at(c.misalign);
+  gather.values = values.at(c.misalign);
+  backend.paged_gather(gather, Stream{});
+  return {keys.read(), values.read()};
+}
+
+std::vector<PagedCase> paged_gather_cases() {
+  using D = DType;
+  using L = PagedLayout;
+  return {
+      {.name = "nhd_f32_head_dim_64_ends_mid_page", .tokens = 37},
+      {.name = "hnd_f32_head_dim_64_ends_mid_page", .layout = L::Hnd, .tokens = 37},
+      {.name = "nhd_f16_head_dim_1_whole_pages", .dtype = D::F16, .head_dim = 1, .kv_heads = 3, .tokens = 48},
+      {.name = "hnd_bf16_head_dim_1", .layout = L::Hnd, .dtype = D::BF16, .head_dim = 1, .tokens = 50},
+      {.name = "nhd_bf16_head_dim_3", .dtype = D::BF16, .head_dim = 3, .kv_heads = 3, .tokens = 30},
+      {.name = "hnd_f16_head_dim_3_whole_pages", .layout = L::Hnd, .dtype = D::F16, .head_dim = 3, .tokens = 64},
+      {.name = "nhd_bf16_head_dim_128", .dtype = D::BF16, .head_dim = 128, .kv_heads = 8, .tokens = 33},
+      {.name = "hnd_bf16_head_dim_128_whole_pages",
+       .layout = L::Hnd,
+       .dtype = D::BF16,
+       .head_dim = 128,
+       .kv_heads = 4,
+       .tokens = 48},
+      {.name = "nhd_f32_head_dim_129", .head_dim = 129, .tokens = 35},
+      {.name = "hnd_f16_head_dim_129", .layout = L::Hnd, .dtype = D::F16, .head_dim = 129, .tokens = 17},
+      {.name = "nhd_page_size_1", .page_size = 1, .num_pages = 40, .tokens = 29},
+      {.name = "hnd_bf16_page_size_1",
+       .layout = L::Hnd,
+       .dtype = D::BF16,
+       .page_size = 1,
+       .num_pages = 40,
+       .tokens = 40},
+      {.name = "nhd_one_token", .dtype = D::BF16, .head_dim = 128, .tokens = 1},
+      {.name = "hnd_f16_misaligned_outputs", .layout = L::Hnd, .dtype = D::F16, .tokens = 20, .misalign = 2},
+      {.name = "nhd_page_size_3", .dtype = D::BF16, .head_dim = 5, .page_size = 3, .num_pages = 9, .tokens = 25},
+      {.name = "nhd_bf16_long_sequence",
+       .dtype = D::BF16,
+       .head_dim = 128,
+       .kv_heads = 4,
+       .num_pages = 70,
+       .tokens = 1100},
+      {.name = "nhd_no_tokens"},
+      {.name = "hnd_no_tokens", .layout = L::Hnd},
+  };
+}
+
+using BackendConformancePagedGather = ConformanceTest<PagedCase>;
+
+TEST_P(BackendConformancePagedGather, CopiesEachTokensRowsFromItsPageIntoDenseHeads) {
+  const PagedCase& c = param();
+  const PagedGatherData data = paged_gather_data(c);
+  const std::pair<Bytes, Bytes> expected =
+      on_reference_device() ? reference_paged_gather(c, data) : run_paged_gather(cpu_backend(), c, data);
+  const std::pair<Bytes, Bytes> actual = run_paged_gather(backend(), c, data);
+  expect_same_bytes(actual.first, expected.first, c.element(), "keys");
+  expect_same_bytes(actual.second, expected.second, c.element(), "values");
+}
+
+INSTANTIATE_TEST_SUITE_P(, BackendConformancePagedGather, ::testing::ValuesIn(on_every_device(paged_gather_cases())),
+                         device_case_name<PagedCase>);
 
 // ===========================================================================
 // Compressed records: encode_records, decode_records, score_records, attend_records

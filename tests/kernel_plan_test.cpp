@@ -12,12 +12,15 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "cuda/fast_divmod.hpp"
 #include "cuda/grid.hpp"
+#include "cuda/paged_kv_plan.hpp"
 #include "cuda/radix_select.hpp"
 #include "cuda/record_plan.hpp"
 #include "cuda/row_split.hpp"
@@ -169,6 +172,219 @@ TEST(CopyTokensPlan, RingSlotWrapsWithOneSubtraction) {
   EXPECT_EQ(cuda::ring_slot(7, 0, 8), 7u);
   EXPECT_EQ(cuda::ring_slot(7, 1, 8), 0u);
   EXPECT_EQ(cuda::ring_slot(7, 7, 8), 6u);
+}
+
+// ---- paged_write and paged_gather ----
+
+struct PagedPlanCase {
+  const char* name;
+  PagedLayout layout;
+  DType dtype;
+  std::size_t head_dim, kv_heads, page_size, num_pages, tokens;
+  std::size_t stride_pad;                      // elements added to a write's token stride
+  std::uintptr_t misalign;                     // bytes added to the inputs' (write) or outputs' (gather) addresses
+  unsigned token_blocks_cap, pair_blocks_cap;  // 0 = the launcher's plan
+};
+
+std::string paged_plan_name(const ::testing::TestParamInfo<PagedPlanCase>& param) { return param.param.name; }
+
+PagedPages plan_pages(const PagedPlanCase& c) {
+  PagedPages pages;
+  pages.data = reinterpret_cast<void*>(std::uintptr_t{1} << 20);  // never dereferenced: the walk records indices
+  pages.dtype = c.dtype;
+  pages.layout = c.layout;
+  pages.num_pages = c.num_pages;
+  pages.page_size = c.page_size;
+  pages.kv_heads = c.kv_heads;
+  pages.head_dim = c.head_dim;
+  return pages;
+}
+
+// Byte `b` of row (kind, head) of the token in slot `slot`, from the pages' base.
+std::size_t page_byte(const PagedPlanCase& c, std::size_t slot, std::size_t kind, std::size_t head, std::size_t b) {
+  const std::size_t page = slot / c.page_size;
+  const std::size_t offset = slot % c.page_size;
+  const std::size_t row = c.layout == PagedLayout::Nhd ? ((page * 2 + kind) * c.page_size + offset) * c.kv_heads + head
+                                                       : ((page * 2 + kind) * c.kv_heads + head) * c.page_size + offset;
+  return row * c.head_dim * dtype_size(c.dtype) + b;
+}
+
+cuda::PagedLaunch capped(cuda::PagedLaunch launch, const PagedPlanCase& c) {
+  if (c.token_blocks_cap != 0) launch.token_blocks = std::min(launch.token_blocks, c.token_blocks_cap);
+  if (c.pair_blocks_cap != 0) launch.pair_blocks = std::min(launch.pair_blocks, c.pair_blocks_cap);
+  return launch;
+}
+
+// Calls `thread(bx, by, tx, ty)` for every block and thread of `launch`.
+template <class Thread>
+void every_thread(const cuda::PagedLaunch& launch, Thread&& thread) {
+  ASSERT_LE(launch.unit_threads * launch.token_threads, cuda::kPagedBlockThreads);
+  for (unsigned by = 0; by < launch.pair_blocks; ++by) {
+    for (unsigned bx = 0; bx < launch.token_blocks; ++bx) {
+      for (unsigned ty = 0; ty < launch.token_threads; ++ty) {
+        for (unsigned tx = 0; tx < launch.unit_threads; ++tx) thread(bx, by, tx, ty);
+      }
+    }
+  }
+}
+
+// Runs paged_write_thread for every block and thread of the launch over
+// distinct shuffled slots (every third negative, the pool's last slot among
+// them) and checks each page word of a written row is written once, from the
+// input word PagedWrite names, and no other page word is written.
+void walk_paged_write(const PagedPlanCase& c) {
+  const std::size_t element = dtype_size(c.dtype);
+  const std::size_t slots = c.num_pages * c.page_size;
+  std::vector<std::int64_t> slot_mapping(slots);
+  std::iota(slot_mapping.begin(), slot_mapping.end(), std::int64_t{0});
+  std::shuffle(slot_mapping.begin(), slot_mapping.end(), std::mt19937(11));
+  std::iter_swap(slot_mapping.begin(),
+                 std::find(slot_mapping.begin(), slot_mapping.end(), static_cast<std::int64_t>(slots - 1)));
+  ASSERT_LE(c.tokens, slots);
+  slot_mapping.resize(c.tokens);
+  for (std::size_t t = 2; t < c.tokens; t += 3) slot_mapping[t] = -1 - static_cast<std::int64_t>(t);
+  PagedWrite write;
+  write.pages = plan_pages(c);
+  write.keys = reinterpret_cast<const void*>((std::uintptr_t{1} << 30) + c.misalign);
+  write.values = reinterpret_cast<const void*>((std::uintptr_t{1} << 31) + c.misalign);
+  write.token_stride = c.kv_heads * c.head_dim + c.stride_pad;
+  write.tokens = c.tokens;
+  write.slot_mapping = slot_mapping.data();
+  const std::size_t unit = cuda::paged_write_unit(write);
+  const cuda::PagedLaunch launch = capped(cuda::plan_paged(write.pages, c.tokens, write.token_stride, unit), c);
+  ASSERT_EQ(launch.units * unit, c.head_dim * element);
+
+  const std::size_t page_words = slots * 2 * c.kv_heads * c.head_dim * element / unit;
+  const std::size_t input_words = c.tokens * write.token_stride * element / unit;
+  std::vector<std::int64_t> written(page_words, -1);  // kind * input_words + input word
+  every_thread(launch, [&](unsigned bx, unsigned by, unsigned tx, unsigned ty) {
+    cuda::paged_write_thread(write, launch, bx, by, tx, ty, [&](std::size_t kind, std::size_t dst, std::size_t src) {
+      ASSERT_LT(kind, 2u);
+      ASSERT_LT(dst, page_words);
+      ASSERT_LT(src, input_words);
+      ASSERT_EQ(written[dst], -1) << "page word written twice";
+      written[dst] = static_cast<std::int64_t>(kind * input_words + src);
+    });
+  });
+  std::size_t expected_words = 0;
+  for (std::size_t t = 0; t < c.tokens; ++t) {
+    if (slot_mapping[t] < 0) continue;
+    for (std::size_t kind = 0; kind < 2; ++kind) {
+      for (std::size_t h = 0; h < c.kv_heads; ++h) {
+        for (std::size_t b = 0; b < c.head_dim * element; b += unit) {
+          const std::size_t dst = page_byte(c, static_cast<std::size_t>(slot_mapping[t]), kind, h, b) / unit;
+          const std::size_t src = ((t * write.token_stride + h * c.head_dim) * element + b) / unit;
+          ASSERT_EQ(written[dst], static_cast<std::int64_t>(kind * input_words + src))
+              << "token " << t << " kind " << kind << " head " << h << " byte " << b;
+          ++expected_words;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(static_cast<std::size_t>(std::count_if(written.begin(), written.end(), [](auto w) { return w >= 0; })),
+            expected_words)
+      << "page words written outside the rows of the tokens' slots";
+}
+
+// Runs paged_gather_thread for every block and thread of the launch over
+// shuffled page ids and checks each output word is written once, from the
+// page word of its token, head and kind.
+void walk_paged_gather(const PagedPlanCase& c) {
+  const std::size_t element = dtype_size(c.dtype);
+  std::vector<std::int32_t> page_ids(c.num_pages);
+  std::iota(page_ids.begin(), page_ids.end(), 0);
+  std::shuffle(page_ids.begin(), page_ids.end(), std::mt19937(12));
+  ASSERT_LE(c.tokens, c.num_pages * c.page_size);
+  page_ids.resize((c.tokens + c.page_size - 1) / c.page_size);
+  PagedGather gather;
+  gather.pages = plan_pages(c);
+  gather.page_ids = page_ids.data();
+  gather.tokens = c.tokens;
+  gather.keys = reinterpret_cast<void*>((std::uintptr_t{1} << 30) + c.misalign);
+  gather.values = reinterpret_cast<void*>((std::uintptr_t{1} << 31) + c.misalign);
+  const std::size_t unit = cuda::paged_gather_unit(gather);
+  const cuda::PagedLaunch launch = capped(cuda::plan_paged(gather.pages, c.tokens, 0, unit), c);
+  ASSERT_EQ(launch.units * unit, c.head_dim * element);
+
+  const std::size_t page_words = c.num_pages * 2 * c.page_size * c.kv_heads * c.head_dim * element / unit;
+  const std::size_t output_words = c.kv_heads * c.tokens * c.head_dim * element / unit;
+  std::vector<std::vector<std::int64_t>> written(2, std::vector<std::int64_t>(output_words, -1));
+  every_thread(launch, [&](unsigned bx, unsigned by, unsigned tx, unsigned ty) {
+    cuda::paged_gather_thread(gather, launch, bx, by, tx, ty, [&](std::size_t kind, std::size_t dst, std::size_t src) {
+      ASSERT_LT(kind, 2u);
+      ASSERT_LT(dst, output_words);
+      ASSERT_LT(src, page_words);
+      ASSERT_EQ(written[kind][dst], -1) << "output word written twice";
+      written[kind][dst] = static_cast<std::int64_t>(src);
+    });
+  });
+  for (std::size_t kind = 0; kind < 2; ++kind) {
+    for (std::size_t h = 0; h < c.kv_heads; ++h) {
+      for (std::size_t t = 0; t < c.tokens; ++t) {
+        const std::size_t slot = static_cast<std::size_t>(page_ids[t / c.page_size]) * c.page_size + t % c.page_size;
+        for (std::size_t b = 0; b < c.head_dim * element; b += unit) {
+          const std::size_t dst = ((h * c.tokens + t) * c.head_dim * element + b) / unit;
+          ASSERT_EQ(written[kind][dst], static_cast<std::int64_t>(page_byte(c, slot, kind, h, b) / unit))
+              << "token " << t << " kind " << kind << " head " << h << " byte " << b;
+        }
+      }
+    }
+  }
+}
+
+std::vector<PagedPlanCase> paged_plan_cases() {
+  using L = PagedLayout;
+  using D = DType;
+  return {
+      {"nhd_f32_head_dim_1", L::Nhd, D::F32, 1, 2, 16, 4, 40, 0, 0, 0, 0},
+      {"hnd_f16_head_dim_3", L::Hnd, D::F16, 3, 3, 16, 4, 50, 0, 0, 0, 0},
+      {"nhd_bf16_head_dim_129", L::Nhd, D::BF16, 129, 2, 16, 3, 33, 0, 0, 0, 0},
+      {"hnd_f32_head_dim_129_page_1", L::Hnd, D::F32, 129, 2, 1, 40, 37, 0, 0, 0, 0},
+      {"nhd_bf16_head_dim_128", L::Nhd, D::BF16, 128, 8, 16, 3, 45, 0, 0, 0, 0},
+      {"hnd_f32_head_dim_64_padded_stride", L::Hnd, D::F32, 64, 2, 16, 3, 40, 1, 0, 0, 0},
+      {"nhd_f16_misaligned", L::Nhd, D::F16, 64, 2, 16, 3, 40, 0, 2, 0, 0},
+      {"hnd_f32_rows_above_the_block", L::Hnd, D::F32, 1100, 1, 4, 2, 7, 0, 0, 0, 0},
+      {"nhd_page_size_not_a_power_of_two", L::Nhd, D::F16, 5, 2, 3, 9, 26, 0, 0, 0, 0},
+      {"hnd_grid_stride_over_tokens_and_pairs", L::Hnd, D::BF16, 33, 5, 16, 8, 120, 0, 0, 2, 3},
+      {"nhd_f32_grid_stride_one_block", L::Nhd, D::F32, 3, 4, 16, 3, 41, 0, 0, 1, 1},
+      {"one_token", L::Nhd, D::BF16, 128, 8, 16, 2, 1, 0, 0, 0, 0},
+  };
+}
+
+class PagedWritePlan : public ::testing::TestWithParam<PagedPlanCase> {};
+
+TEST_P(PagedWritePlan, WritesEveryWordOfEachSlotsRowsOnceAndNothingElse) { walk_paged_write(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PagedWritePlan, ::testing::ValuesIn(paged_plan_cases()), paged_plan_name);
+
+class PagedGatherPlan : public ::testing::TestWithParam<PagedPlanCase> {};
+
+TEST_P(PagedGatherPlan, WritesEveryOutputWordOnceFromItsTokensPage) { walk_paged_gather(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PagedGatherPlan, ::testing::ValuesIn(paged_plan_cases()), paged_plan_name);
+
+TEST(PagedPlan, WordsAreTheWidestThatRowsStridesAndAddressesAllow) {
+  EXPECT_EQ(cuda::widest_unit({256, 0x1000}), 16u);
+  EXPECT_EQ(cuda::widest_unit({256, 0x1008}), 8u);
+  EXPECT_EQ(cuda::widest_unit({258, 0x1000}), 2u);
+  EXPECT_EQ(cuda::widest_unit({516, 0x1000}), 4u);
+  EXPECT_EQ(cuda::widest_unit({3, 0x1000}), 1u);
+  PagedWrite write;
+  write.pages.dtype = DType::BF16;
+  write.pages.head_dim = 128;
+  write.token_stride = 8 * 128 + 1;  // an odd stride of 2-byte elements: 2-byte words
+  EXPECT_EQ(cuda::paged_write_unit(write), 2u);
+  write.token_stride = 3 * 8 * 128;  // a slice of a fused QKV projection
+  EXPECT_EQ(cuda::paged_write_unit(write), 16u);
+}
+
+TEST(PagedPlan, PageSplitShiftsForPowersOfTwoAndDividesOtherwise) {
+  for (const std::size_t page_size : {1, 2, 3, 16, 17, 256}) {
+    const cuda::PageSplit split = cuda::plan_page_split(page_size);
+    EXPECT_EQ(split.power_of_two, (page_size & (page_size - 1)) == 0) << page_size;
+    for (std::size_t slot = 0; slot < 1000; ++slot) ASSERT_EQ(split.page(slot), slot / page_size) << page_size;
+    EXPECT_EQ(split.page(std::size_t{1} << 40), (std::size_t{1} << 40) / page_size);
+  }
 }
 
 // ---- top-k row split ----

@@ -13,9 +13,9 @@ namespace micache {
 /// Element type of a Tensor.
 ///
 /// F32, F16 (IEEE binary16) and BF16 (bfloat16) are the stored float types;
-/// arithmetic is always accumulated in F32. I32 holds indices (top-k results);
-/// U8 holds packed codes.
-enum class DType : std::uint8_t { F32, F16, BF16, I32, U8 };
+/// arithmetic is always accumulated in F32. I32 holds indices (top-k results,
+/// FlashInfer's page metadata); I64 holds vLLM's slot numbers; U8 holds packed codes.
+enum class DType : std::uint8_t { F32, F16, BF16, I32, U8, I64 };
 
 /// Bytes per element.
 constexpr std::size_t dtype_size(DType dtype) noexcept {
@@ -25,6 +25,7 @@ constexpr std::size_t dtype_size(DType dtype) noexcept {
     case DType::BF16: return 2;
     case DType::I32: return 4;
     case DType::U8: return 1;
+    case DType::I64: return 8;
   }
   return 0;
 }
@@ -37,6 +38,7 @@ constexpr const char* dtype_name(DType dtype) noexcept {
     case DType::BF16: return "bf16";
     case DType::I32: return "i32";
     case DType::U8: return "u8";
+    case DType::I64: return "i64";
   }
   return "?";
 }
@@ -138,6 +140,7 @@ MICACHE_HOST_DEVICE inline float load_as_f32(const void* data, DType dtype, std:
     case DType::BF16: return bf16_to_f32(static_cast<const std::uint16_t*>(data)[index]);
     case DType::I32: return static_cast<float>(static_cast<const std::int32_t*>(data)[index]);
     case DType::U8: return static_cast<float>(static_cast<const std::uint8_t*>(data)[index]);
+    case DType::I64: return static_cast<float>(static_cast<const std::int64_t*>(data)[index]);
     case DType::F32: break;
   }
   return static_cast<const float*>(data)[index];

@@ -19,6 +19,7 @@
 #include "micache/kv_cache_config.hpp"
 #include "micache/multi_head_kv_cache.hpp"
 #include "micache/owned_stream.hpp"
+#include "micache/paged_kv_cache.hpp"
 #include "micache/position_runs.hpp"
 #include "micache/registry.hpp"
 #include "micache/safetensors.hpp"

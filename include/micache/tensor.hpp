@@ -49,6 +49,9 @@ class Tensor {
   /// Copies I32 `values` to a new I32 tensor. Errors as `from_host`.
   static Tensor from_host_i32(std::span<const std::int32_t> values, Shape shape,
                               Device device = Device::cpu(), Stream stream = {});
+  /// Copies I64 `values` to a new I64 tensor. Errors as `from_host`.
+  static Tensor from_host_i64(std::span<const std::int64_t> values, Shape shape,
+                              Device device = Device::cpu(), Stream stream = {});
 
   /// Copies raw element bytes (host byte order) to a new tensor of `shape` and
   /// `dtype` on `device`; any dtype. Errors: Shape when `bytes.size()` is not
@@ -104,6 +107,8 @@ class Tensor {
 
   /// Copies an I32 tensor to the host. Error: Config for any other dtype.
   std::vector<std::int32_t> to_host_i32() const;
+  /// Copies an I64 tensor to the host. Error: Config for any other dtype.
+  std::vector<std::int64_t> to_host_i64() const;
 
   /// Copies the raw element bytes to the host (`nbytes()` bytes); any dtype.
   std::vector<std::byte> to_host_bytes() const;

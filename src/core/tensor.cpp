@@ -46,6 +46,7 @@ void store_from_f32(std::span<const float> values, DType dtype, void* dst) {
     }
     case DType::I32:
     case DType::U8:
+    case DType::I64:
       break;
   }
   detail::require_float_dtype(dtype, "from_host dtype");
@@ -80,13 +81,27 @@ Tensor Tensor::from_host(std::span<const float> values, Shape shape, DType dtype
                         [&](void* dst) { store_from_f32(values, dtype, dst); });
 }
 
-Tensor Tensor::from_host_i32(std::span<const std::int32_t> values, Shape shape, Device device, Stream stream) {
+namespace {
+
+// A new integer tensor of `dtype` holding `values` (sizeof(T) == dtype_size(dtype)).
+template <class T>
+Tensor integers_from_host(std::span<const T> values, Shape shape, DType dtype, Device device, Stream stream) {
   if (values.size() != shape.numel()) {
-    throw Error(ErrorCode::Shape, fmt::format("from_host_i32: {} values do not fill shape {} ({} elements)",
-                                              values.size(), shape.to_string(), shape.numel()));
+    throw Error(ErrorCode::Shape, fmt::format("from_host_{}: {} values do not fill shape {} ({} elements)",
+                                              dtype_name(dtype), values.size(), shape.to_string(), shape.numel()));
   }
-  return make_from_host(std::move(shape), DType::I32, device, stream,
+  return make_from_host(std::move(shape), dtype, device, stream,
                         [&](void* dst) { std::memcpy(dst, values.data(), values.size_bytes()); });
+}
+
+}  // namespace
+
+Tensor Tensor::from_host_i32(std::span<const std::int32_t> values, Shape shape, Device device, Stream stream) {
+  return integers_from_host(values, std::move(shape), DType::I32, device, stream);
+}
+
+Tensor Tensor::from_host_i64(std::span<const std::int64_t> values, Shape shape, Device device, Stream stream) {
+  return integers_from_host(values, std::move(shape), DType::I64, device, stream);
 }
 
 Tensor Tensor::from_host_bytes(std::span<const std::byte> bytes, Shape shape, DType dtype, Device device,
@@ -225,6 +240,16 @@ std::vector<std::int32_t> Tensor::to_host_i32() const {
     throw Error(ErrorCode::Config, fmt::format("to_host_i32 of a {} tensor", dtype_name(dtype_)));
   }
   std::vector<std::int32_t> out(numel());
+  copy_to_host(out.data());
+  return out;
+}
+
+std::vector<std::int64_t> Tensor::to_host_i64() const {
+  require_defined();
+  if (dtype_ != DType::I64) {
+    throw Error(ErrorCode::Config, fmt::format("to_host_i64 of a {} tensor", dtype_name(dtype_)));
+  }
+  std::vector<std::int64_t> out(numel());
   copy_to_host(out.data());
   return out;
 }

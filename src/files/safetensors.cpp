@@ -62,6 +62,8 @@ const char* safetensors_name(DType dtype) {
       return "I32";
     case DType::U8:
       return "U8";
+    case DType::I64:
+      return "I64";
   }
   return "?";
 }

@@ -234,6 +234,51 @@ TEST(GraphCapture, ConvertAndCopyTokens) {
       {halves, ring});
 }
 
+// A paged_write of 5 tokens (one slot negative, one the pool's last) into F32
+// NHD pages, then a gather of pages 0 and 3 (slots 3 and 63 among theirs):
+// one launch each, no allocation. The pages start as 0xff bytes, as the
+// poison before the replay leaves them, so the slots the write skips compare too.
+TEST(GraphCapture, PagedWriteThenGather) {
+  MICACHE_REQUIRE_CUDA();
+  Backend& backend = backend_for(Device::cuda(0));
+  const std::size_t heads = 4, dim = 128, page_size = 16, num_pages = 4, tokens = 5;
+  const std::vector<float> inputs = random_values(2 * tokens * heads * dim, 31, -2.0f, 2.0f);
+  const DeviceBytes input(backend, inputs.data(), inputs.size() * sizeof(float));
+  const std::vector<std::int64_t> slots = {3, 63, -1, 17, 40};
+  const DeviceBytes slot_mapping(backend, slots.data(), slots.size() * sizeof(std::int64_t));
+  const std::vector<std::int32_t> ids = {0, 3};
+  const DeviceBytes page_ids(backend, ids.data(), ids.size() * sizeof(std::int32_t));
+  DeviceBytes pages(backend, num_pages * 2 * page_size * heads * dim * sizeof(float));
+  DeviceBytes keys(backend, heads * 2 * page_size * dim * sizeof(float));
+  DeviceBytes values(backend, heads * 2 * page_size * dim * sizeof(float));
+
+  PagedWrite write;
+  write.pages = {.data = pages.get(),
+                 .dtype = DType::F32,
+                 .layout = PagedLayout::Nhd,
+                 .num_pages = num_pages,
+                 .page_size = page_size,
+                 .kv_heads = heads,
+                 .head_dim = dim};
+  write.keys = input.get();
+  write.values = static_cast<const float*>(input.get()) + tokens * heads * dim;
+  write.token_stride = heads * dim;
+  write.tokens = tokens;
+  write.slot_mapping = static_cast<const std::int64_t*>(slot_mapping.get());
+  PagedGather gather;
+  gather.pages = write.pages;
+  gather.page_ids = static_cast<const std::int32_t*>(page_ids.get());
+  gather.tokens = 2 * page_size;
+  gather.keys = keys.get();
+  gather.values = values.get();
+  expect_capture_replays_direct_call(
+      [&](Stream s) {
+        backend.paged_write(write, s);
+        backend.paged_gather(gather, s);
+      },
+      {pages, keys, values});
+}
+
 // Encode, score, attend and decode over one ring, all in one graph: 300
 // tokens of 4 key heads and 4 value heads (dim 100: p = 128, odd tail), 8
 // query heads in GQA groups of 2; the prepared queries, scores and partials

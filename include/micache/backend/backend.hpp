@@ -9,6 +9,7 @@
 
 #include "micache/backend/compressed_records.hpp"
 #include "micache/backend/head_mean_view.hpp"
+#include "micache/backend/paged_kv.hpp"
 #include "micache/backend/token_copy.hpp"
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
@@ -164,6 +165,15 @@ class Backend {
   /// Copies tokens between ring buffers (see TokenCopy): KV append, ring
   /// compaction, growth and dense gathers. One launch on CUDA.
   virtual void copy_tokens(const TokenCopy& copy, Stream stream) = 0;
+
+  /// Writes new tokens' keys and values into their page slots (see
+  /// PagedWrite): the per-layer write of a serving step. One launch on CUDA,
+  /// no allocation, no synchronisation: capturable in a CUDA graph.
+  virtual void paged_write(const PagedWrite& write, Stream stream) = 0;
+
+  /// Gathers one sequence's tokens from its pages into dense keys and values
+  /// (see PagedGather). One launch on CUDA.
+  virtual void paged_gather(const PagedGather& gather, Stream stream) = 0;
 
  protected:
   /// Returns nullptr when the device has no memory for `bytes` (> 0).

@@ -1,0 +1,289 @@
+// PagedKvCache: many sequences of different lengths in one pool of fixed-size pages (vLLM's paged KV cache,
+// FlashInfer's single-tensor page layout).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "micache/backend/paged_kv.hpp"
+#include "micache/device.hpp"
+#include "micache/dtype.hpp"
+#include "micache/position_runs.hpp"
+#include "micache/stream.hpp"
+#include "micache/tensor.hpp"
+
+namespace micache {
+
+class Backend;
+namespace detail {
+class PagePool;
+}
+
+/// Settings of a PagedKvCache. Set exactly one of `num_pages` and `max_bytes`.
+///
+/// A page id names the same page in every layer, so one page costs
+/// `page_bytes()` = page_size x `bytes_per_token()` over all layers.
+struct PagedKvConfig {
+  std::size_t n_layers = 0;
+  std::size_t kv_heads = 0;
+  std::size_t head_dim = 0;
+  std::size_t page_size = 16;  ///< tokens per page, a power of two
+  std::size_t num_pages = 0;   ///< pages in the pool; 0: derived from `max_bytes`
+  std::size_t max_bytes = 0;   ///< byte budget for every layer's pages: num_pages = max_bytes / page_bytes()
+  DType dtype = DType::BF16;   ///< F32, F16 or BF16
+  PagedLayout layout = PagedLayout::Nhd;
+
+  /// Checks every field, then the byte counts. Errors, all Config and in this order:
+  /// - `PagedKvConfig.n_layers must be >= 1, got 0` (kv_heads, head_dim alike);
+  /// - `PagedKvConfig.page_size must be a power of two in 1..=1073741824, got 12`;
+  /// - `PagedKvConfig.dtype must be f32, f16 or bf16, got i32`; `PagedKvConfig.layout must be Nhd or Hnd, got 7`;
+  /// - `PagedKvConfig: set num_pages or max_bytes, got neither` (or `got both (num_pages=8, max_bytes=4096)`);
+  /// - the overflow errors of `bytes_per_token`, `page_bytes` and `reserved_bytes`;
+  /// - `PagedKvConfig.max_bytes 100 is below one page (512 bytes)`;
+  /// - `PagedKvConfig.num_pages must be <= 2147483647 (kv_indices are int32), got N` (also when derived).
+  void validate() const;
+
+  /// Bytes of one token's keys and values over every layer:
+  /// 2 x n_layers x kv_heads x head_dim x dtype size. Error: Config when that overflows size_t.
+  std::size_t bytes_per_token() const;
+  /// Bytes of one page over every layer: page_size x bytes_per_token(). Error: Config on overflow.
+  std::size_t page_bytes() const;
+  /// Pages of the pool: `num_pages`, or `max_bytes / page_bytes()` when num_pages is 0 (no validation).
+  std::size_t pages() const;
+  /// Bytes of the whole pool: pages() x page_bytes(). Error: Config on overflow.
+  std::size_t reserved_bytes() const;
+};
+
+/// A sequence of a PagedKvCache. Ids are handed out in increasing order and
+/// never reused, so a released id stays unknown.
+enum class SequenceId : std::uint64_t {};
+
+/// What one `begin_step` reserved, as the device arrays of vLLM and FlashInfer.
+/// Every array is a device tensor on the cache's device and stream; all five
+/// are views into one packed buffer that crossed to the device in one
+/// host-to-device copy (accounted once, in memory_stats), kept alive by any of
+/// them. They describe the step's `batch` sequences in the order of its ids:
+/// - `slot_mapping` I64 `[total_new]`: the slot (page * page_size + offset)
+///   of each new token, in the order of the ids, then of the tokens;
+/// - `kv_indptr` I32 `[batch + 1]`, `kv_indices` I32 `[sum of pages]`,
+///   `kv_last_page_len` I32 `[batch]`: FlashInfer's paged metadata for the
+///   attention after the write, every page of each sequence (new tokens
+///   included); the last page's length is in 1..page_size, 0 for an empty sequence;
+/// - `qo_indptr` I32 `[batch + 1]`: prefix sums of the new token counts (prefill).
+/// A plan is valid for `PagedKvCache::write` until the next successful
+/// `begin_step`; its members are the cache's answer, to read, not to change.
+class PagedStepPlan {
+ public:
+  Tensor slot_mapping;
+  Tensor kv_indptr;
+  Tensor kv_indices;
+  Tensor kv_last_page_len;
+  Tensor qo_indptr;
+  std::size_t batch = 0;      ///< sequences in the step
+  std::size_t total_new = 0;  ///< new tokens over the step
+
+ private:
+  friend class PagedKvCache;
+  std::uint64_t cache_ = 0;  // the serial of the cache that made it; 0: none
+  std::uint64_t step_ = 0;   // the step it belongs to
+};
+
+/// A sequence's dense keys and values, each `[1, kv_heads, len, head_dim]`.
+struct PagedKv {
+  Tensor keys;
+  Tensor values;
+};
+
+/// The pool's counters. Pages: used + free = total; a page is shared when
+/// more than one sequence holds it. Tokens: slots filled or reserved in used
+/// pages, each stored token counted once (a shared page's tokens once).
+struct PagedPoolStats {
+  std::size_t pages_total = 0;
+  std::size_t pages_used = 0;
+  std::size_t pages_free = 0;
+  std::size_t pages_shared = 0;
+  std::size_t tokens = 0;
+  std::size_t bytes_total = 0;  ///< pages_total x page_bytes()
+  std::size_t bytes_used = 0;   ///< pages_used x page_bytes()
+  std::size_t bytes_free = 0;   ///< pages_free x page_bytes()
+};
+
+/// One sequence's counters: its tokens, the pages it holds (shared ones
+/// included) and their bytes over every layer (pages x page_bytes()).
+struct PagedSequenceStats {
+  std::size_t tokens = 0;
+  std::size_t pages = 0;
+  std::size_t bytes = 0;
+};
+
+/// The serving cache: the keys and values of many sequences that start, grow,
+/// fork and finish independently, in one pool of pages of `page_size` tokens.
+///
+/// Storage: each layer's pages are one tensor `[num_pages, 2, page_size,
+/// kv_heads, head_dim]` (NHD; HND swaps page_size and kv_heads), axis 1 being
+/// keys then values: FlashInfer's single-tensor paged layout, allocated once
+/// at construction (so the whole pool is in memory_stats from the start);
+/// a slot's bytes are unspecified until written.
+/// `pages(layer)` shares that storage, so a server hands it and a step's plan
+/// to FlashInfer or to its own kernels without copying. Page p is one
+/// contiguous block in both layouts. A page id names the same page in every layer.
+///
+/// Pages: a host free list (vLLM's block pool) hands out and takes back pages
+/// in O(1); each page has a reference count, one per sequence holding it.
+/// `fork` shares every page of a sequence; the partly filled last page of a
+/// shared sequence is copied on its next write (copy on write, in
+/// `begin_step`), so no sequence ever sees another's new tokens.
+///
+/// A step: `begin_step(ids, new_tokens)` reserves the slots of every listed
+/// sequence's new tokens, all or nothing, and returns a PagedStepPlan; then per
+/// layer `write(layer, plan, keys, values)` puts the new tokens in their slots
+/// (one Backend::paged_write, no allocation, no synchronisation), and the
+/// attention reads the pages through the plan's FlashInfer metadata. In this
+/// slice the metadata is built on the host (O(pages of the listed sequences))
+/// and crosses in one host-to-device copy; a later slice keeps the page tables
+/// resident on the device and builds the metadata there in one launch.
+///
+/// Errors: an unknown or released id is Hook, naming it; every mutator
+/// validates first and changes nothing when it throws (OutOfMemory included).
+///
+/// Stream: the pages, plans and results are allocated, and every copy and
+/// kernel runs, on the cache's stream (given at construction; it must belong
+/// to the cache's device). Tensors passed in must be ready in that stream's
+/// order. No call waits for the device.
+///
+/// Not yet (later slices): prefix caching, per-sequence eviction, hybrid layer
+/// kinds, the device accounting kernel, the reference decode attention, files,
+/// device-resident page tables.
+///
+/// Thread safety: const queries may run concurrently; mutation needs exclusive
+/// access. Move-only: the pages and their bookkeeping are one; a moved-from
+/// cache may only be destroyed or assigned to.
+class PagedKvCache {
+ public:
+  /// Validates `config` (its errors), then allocates every layer's pages.
+  /// Error: OutOfMemory (nothing stays allocated); Backend for an unusable device.
+  explicit PagedKvCache(const PagedKvConfig& config, Device device = Device::cpu(), Stream stream = {});
+  PagedKvCache(PagedKvCache&&) noexcept;
+  PagedKvCache& operator=(PagedKvCache&&) noexcept;
+  PagedKvCache(const PagedKvCache&) = delete;
+  PagedKvCache& operator=(const PagedKvCache&) = delete;
+  ~PagedKvCache();
+
+  /// The config as given.
+  const PagedKvConfig& config() const noexcept { return config_; }
+  /// Pages of the pool (config().pages()).
+  std::size_t num_pages() const noexcept { return num_pages_; }
+  Device device() const noexcept { return device_; }
+  Stream stream() const noexcept { return stream_; }
+
+  /// The layer's page tensor (shares the cache's storage). Error: Hook
+  /// `layer 4 out of range (layers=4)`.
+  Tensor pages(std::size_t layer) const;
+  /// The layer's pages as the Backend's descriptor. Error: Hook as `pages`.
+  PagedPages page_layout(std::size_t layer) const;
+
+  /// A new empty sequence. O(1).
+  SequenceId add_sequence();
+  /// A new sequence sharing every page of `id` (reference counts + 1), with
+  /// its length and positions. Allocates no device memory. O(pages of id).
+  /// Error: Hook `fork: unknown sequence 7 (never added, or released)`.
+  SequenceId fork(SequenceId id);
+  /// Drops `id`; its pages whose reference count reaches 0 return to the pool.
+  /// O(pages of id). Error: Hook as `fork`.
+  void release(SequenceId id);
+
+  std::size_t num_sequences() const noexcept { return sequences_.size(); }
+  /// Tokens of `id`, reserved slots included. Error: Hook as `fork`.
+  std::size_t length(SequenceId id) const;
+  /// Page ids of `id`, in token order: token t is in page t / page_size at
+  /// offset t % page_size. Error: Hook as `fork`.
+  std::vector<std::int32_t> pages_of(SequenceId id) const;
+  /// Original position of every token of `id`, oldest first (0..length-1: no
+  /// eviction yet). Error: Hook as `fork`.
+  std::vector<std::size_t> positions(SequenceId id) const;
+
+  /// Reserves slots for `new_tokens[i]` new tokens of sequence `ids[i]` (each
+  /// id at most once; a count of 0 lists the sequence in the metadata only),
+  /// copies on write the partly filled last page of a listed shared sequence
+  /// that gets new tokens (a fresh page; the page's bytes copied for every
+  /// layer with Backend::copy_device_to_device; when every holder of that page
+  /// writes in this step, the last of them in id order keeps it), advances
+  /// the lengths, and returns the step's plan. All or nothing.
+  /// Errors: Shape (`begin_step: 3 ids and 2 new token counts`), Hook (unknown
+  /// id), Config (`begin_step: sequence 4 listed twice (entries 0 and 2)`;
+  /// more than 2147483647 new tokens or pages: the metadata is int32),
+  /// OutOfMemory (`begin_step: needs 5 pages (1 copied on write), 3 free of 8`,
+  /// or the plan's buffer); on any error nothing changed for any sequence.
+  /// Complexity: O(batch + pages of the listed sequences) on the host, one
+  /// allocation, one host-to-device copy, n_layers device copies per page copied on write.
+  PagedStepPlan begin_step(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens);
+
+  /// Writes the plan's new tokens into `layer`'s pages: token t of `keys`
+  /// and `values` (each `[total_new, kv_heads, head_dim]`, the pages' dtype,
+  /// on the cache's device) goes to slot `plan.slot_mapping[t]`. One
+  /// Backend::paged_write (none when total_new is 0), no allocation, no
+  /// synchronisation. Errors: Hook (layer), Config (`write: the plan is of
+  /// step 3, the cache is at step 4`, a plan of another cache, dtype, device,
+  /// undefined tensor), Shape (`write: keys [4, 2, 8] must be [5, 2, 8]
+  /// ([total_new, kv_heads, head_dim])`).
+  void write(std::size_t layer, const PagedStepPlan& plan, const Tensor& keys, const Tensor& values);
+
+  /// The dense keys and values of `id` in `layer` (new tensors, each `[1,
+  /// kv_heads, length, head_dim]`): one upload of its page ids and one
+  /// Backend::paged_gather. Errors: Hook (id or layer), OutOfMemory.
+  PagedKv gather(SequenceId id, std::size_t layer) const;
+
+  /// The pool's counters, exact, on the host. O(1).
+  PagedPoolStats pool_stats() const noexcept;
+  /// The counters of `id`. O(1). Error: Hook as `fork`.
+  PagedSequenceStats sequence_stats(SequenceId id) const;
+  /// Bytes of the tokens held, over every layer: pool_stats().tokens x
+  /// bytes_per_token() (as KVCache's: excludes the free slots of used pages).
+  std::size_t memory_usage() const noexcept;
+  /// Bytes of the page tensors (the whole pool, allocated at construction).
+  std::size_t memory_reserved() const noexcept;
+
+ private:
+  struct Sequence {
+    std::vector<std::int32_t> pages;
+    std::size_t length = 0;
+    PositionRuns positions;
+    std::size_t next_position = 0;
+    std::uint64_t listed = 0;  // the begin_step call that last listed it (duplicate check)
+  };
+  struct StepEntry;
+  struct Reservation;
+
+  Sequence& sequence_or_throw(SequenceId id, const char* operation);
+  const Sequence& sequence_or_throw(SequenceId id, const char* operation) const;
+  Reservation reserve(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens);
+  void fill_metadata(const Reservation& reservation);
+  PagedStepPlan upload_plan(const Reservation& reservation) const;
+  void copy_on_write(const Reservation& reservation);
+  void commit(Reservation& reservation) noexcept;
+  void check_plan(const PagedStepPlan& plan) const;
+  void check_tokens(const Tensor& tensor, std::size_t tokens, const char* what) const;
+
+  PagedKvConfig config_;
+  Device device_;
+  Stream stream_;
+  Backend* backend_ = nullptr;
+  std::size_t num_pages_ = 0;
+  std::size_t token_bytes_ = 0;  // config_.bytes_per_token()
+  std::size_t page_bytes_ = 0;   // config_.page_bytes()
+  std::vector<Tensor> pages_;    // per layer
+  std::unique_ptr<detail::PagePool> pool_;
+  std::unordered_map<SequenceId, Sequence> sequences_;
+  std::uint64_t next_id_ = 0;
+  std::uint64_t serial_ = 0;        // this cache's, for its plans
+  std::uint64_t step_ = 0;          // successful begin_step calls
+  std::uint64_t listing_ = 0;       // begin_step calls
+  std::size_t tokens_ = 0;          // distinct tokens in used pages
+  std::vector<std::byte> staging_;  // the host side of a plan's buffer, reused
+};
+
+}  // namespace micache

@@ -1,0 +1,279 @@
+// PagedKvCache's step: begin_step (validate, count, build the metadata, copy on write, commit) and write.
+#include <fmt/format.h>
+
+#include <cstring>
+#include <unordered_map>
+#include <utility>
+
+#include "micache/backend/backend.hpp"
+#include "micache/error.hpp"
+#include "micache/paged_kv_cache.hpp"
+#include "src/caches/page_pool.hpp"
+#include "src/core/checks.hpp"
+
+namespace micache {
+namespace {
+
+std::size_t layer_page_bytes(const PagedKvConfig& c) {
+  return 2 * c.page_size * c.kv_heads * c.head_dim * dtype_size(c.dtype);
+}
+
+// Where each array of a plan sits in its packed buffer: slot_mapping (I64)
+// first, then the I32 arrays, each starting on a 16-byte boundary.
+struct MetadataLayout {
+  std::size_t indptr = 0, indices = 0, last = 0, qo = 0, bytes = 0;
+};
+
+std::size_t aligned(std::size_t bytes) { return (bytes + 15) & ~std::size_t{15}; }
+
+MetadataLayout metadata_layout(std::size_t batch, std::size_t total_new, std::size_t total_pages) {
+  MetadataLayout l;
+  l.indptr = aligned(8 * total_new);
+  l.indices = aligned(l.indptr + 4 * (batch + 1));
+  l.last = aligned(l.indices + 4 * total_pages);
+  l.qo = aligned(l.last + 4 * batch);
+  l.bytes = l.qo + 4 * (batch + 1);
+  return l;
+}
+
+template <class T>
+void store(std::byte* base, std::size_t offset, std::size_t index, T value) {
+  std::memcpy(base + offset + index * sizeof(T), &value, sizeof(T));
+}
+
+// A view of `count` elements of `dtype` at byte `offset` of `buffer`, keeping the buffer alive.
+Tensor view(const Tensor& buffer, std::size_t offset, std::size_t count, DType dtype, Stream stream) {
+  auto* data = static_cast<std::byte*>(const_cast<void*>(buffer.data())) + offset;
+  return Tensor::wrap(
+      data, {count}, dtype, buffer.device(), [keep = buffer] { static_cast<void>(keep); }, stream);
+}
+
+}  // namespace
+
+struct PagedKvCache::StepEntry {
+  SequenceId id{};
+  Sequence* sequence = nullptr;
+  std::size_t new_tokens = 0;
+  std::size_t old_pages = 0;    // pages before the step
+  std::size_t pages = 0;        // pages after it
+  std::size_t first_fresh = 0;  // its first fresh page is the pool's peek(first_fresh)
+  bool copy_on_write = false;   // its partly filled last page is shared: the first fresh page replaces it
+  PositionRuns positions;       // its positions after the step, when appending would allocate; else empty
+
+  std::size_t fresh() const noexcept { return pages - old_pages + (copy_on_write ? 1 : 0); }
+};
+
+struct PagedKvCache::Reservation {
+  std::vector<StepEntry> entries;
+  std::size_t total_new = 0;
+  std::size_t total_pages = 0;
+  std::size_t fresh = 0;
+  std::size_t copies = 0;
+};
+
+// Validates a step and counts what it needs; changes nothing but the
+// duplicate-check marks. Copy on write follows each shared last page's
+// holders in id order: a writer copies while another holder keeps the page.
+PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
+                                                std::span<const std::size_t> new_tokens) {
+  if (ids.size() != new_tokens.size()) {
+    throw Error(ErrorCode::Shape,
+                fmt::format("begin_step: {} ids and {} new token counts", ids.size(), new_tokens.size()));
+  }
+  Reservation r;
+  r.entries.resize(ids.size());
+  const std::uint64_t listing = ++listing_;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    Sequence& s = sequence_or_throw(ids[i], "begin_step");
+    if (s.listed == listing) {
+      std::size_t first = 0;
+      while (r.entries[first].sequence != &s) ++first;
+      throw Error(ErrorCode::Config, fmt::format("begin_step: sequence {} listed twice (entries {} and {})",
+                                                 static_cast<std::uint64_t>(ids[i]), first, i));
+    }
+    s.listed = listing;
+    r.entries[i].id = ids[i];
+    r.entries[i].sequence = &s;
+    r.entries[i].new_tokens = new_tokens[i];
+  }
+  const std::size_t page_size = config_.page_size;
+  const std::size_t slots = num_pages_ * page_size;
+  std::unordered_map<std::int32_t, std::uint32_t> holders_left;  // of shared last pages that get written
+  for (StepEntry& e : r.entries) {
+    const Sequence& s = *e.sequence;
+    if (e.new_tokens > slots - s.length) {
+      throw Error(ErrorCode::OutOfMemory,
+                  fmt::format("begin_step: sequence {} of {} tokens cannot grow by {} in a pool of {} slots",
+                              static_cast<std::uint64_t>(e.id), s.length, e.new_tokens, slots));
+    }
+    e.old_pages = s.pages.size();
+    e.pages = (s.length + e.new_tokens + page_size - 1) / page_size;
+    if (e.new_tokens > 0 && s.length % page_size != 0 && pool_->references(s.pages.back()) > 1) {
+      std::uint32_t& left = holders_left.try_emplace(s.pages.back(), pool_->references(s.pages.back())).first->second;
+      e.copy_on_write = left > 1;
+      if (e.copy_on_write) --left;
+    }
+    e.first_fresh = r.fresh;
+    r.fresh += e.fresh();
+    r.copies += e.copy_on_write ? 1 : 0;
+    r.total_new += e.new_tokens;
+    r.total_pages += e.pages;
+    if (r.total_new > detail::kInt32Max || r.total_pages > detail::kInt32Max) {
+      throw Error(ErrorCode::Config,
+                  fmt::format("begin_step: {} new tokens and {} pages, above {} (the metadata is int32)", r.total_new,
+                              r.total_pages, detail::kInt32Max));
+    }
+  }
+  if (r.fresh > pool_->free()) {
+    throw Error(ErrorCode::OutOfMemory, fmt::format("begin_step: needs {} pages ({} copied on write), {} free of {}",
+                                                    r.fresh, r.copies, pool_->free(), pool_->total()));
+  }
+  return r;
+}
+
+void PagedKvCache::fill_metadata(const Reservation& r) {
+  const MetadataLayout l = metadata_layout(r.entries.size(), r.total_new, r.total_pages);
+  if (staging_.size() < l.bytes) staging_.resize(l.bytes);
+  std::byte* out = staging_.data();
+  const std::size_t page_size = config_.page_size;
+  std::size_t token = 0, listed_pages = 0, queries = 0;
+  store<std::int32_t>(out, l.indptr, 0, 0);
+  store<std::int32_t>(out, l.qo, 0, 0);
+  for (std::size_t i = 0; i < r.entries.size(); ++i) {
+    const StepEntry& e = r.entries[i];
+    const Sequence& s = *e.sequence;
+    const std::size_t cow = e.copy_on_write ? 1 : 0;
+    const auto page_at = [&](std::size_t j) {
+      if (j + cow < e.old_pages) return s.pages[j];
+      return j < e.old_pages ? pool_->peek(e.first_fresh) : pool_->peek(e.first_fresh + cow + j - e.old_pages);
+    };
+    for (std::size_t j = 0; j < e.pages; ++j) store<std::int32_t>(out, l.indices, listed_pages + j, page_at(j));
+    for (std::size_t t = s.length; t < s.length + e.new_tokens; ++t) {
+      const auto slot =
+          static_cast<std::int64_t>(static_cast<std::size_t>(page_at(t / page_size)) * page_size + t % page_size);
+      store<std::int64_t>(out, 0, token++, slot);
+    }
+    const std::size_t length = s.length + e.new_tokens;
+    listed_pages += e.pages;
+    queries += e.new_tokens;
+    store(out, l.indptr, i + 1, static_cast<std::int32_t>(listed_pages));
+    store(out, l.qo, i + 1, static_cast<std::int32_t>(queries));
+    store(out, l.last, i, static_cast<std::int32_t>(length == 0 ? 0 : length - (e.pages - 1) * page_size));
+  }
+}
+
+PagedStepPlan PagedKvCache::upload_plan(const Reservation& r) const {
+  const std::size_t batch = r.entries.size();
+  const MetadataLayout l = metadata_layout(batch, r.total_new, r.total_pages);
+  const Tensor buffer = Tensor::empty({l.bytes}, DType::U8, device_, stream_);
+  backend_->copy_host_to_device(const_cast<void*>(buffer.data()), staging_.data(), l.bytes, stream_);
+  PagedStepPlan plan;
+  plan.slot_mapping = view(buffer, 0, r.total_new, DType::I64, stream_);
+  plan.kv_indptr = view(buffer, l.indptr, batch + 1, DType::I32, stream_);
+  plan.kv_indices = view(buffer, l.indices, r.total_pages, DType::I32, stream_);
+  plan.kv_last_page_len = view(buffer, l.last, batch, DType::I32, stream_);
+  plan.qo_indptr = view(buffer, l.qo, batch + 1, DType::I32, stream_);
+  plan.batch = batch;
+  plan.total_new = r.total_new;
+  plan.cache_ = serial_;
+  return plan;
+}
+
+// Copies each shared partly filled last page into the sequence's first fresh
+// page, in every layer. The targets are free pages: a failure changes nothing.
+void PagedKvCache::copy_on_write(const Reservation& r) {
+  const std::size_t bytes = layer_page_bytes(config_);
+  for (const StepEntry& e : r.entries) {
+    if (!e.copy_on_write) continue;
+    const auto source = static_cast<std::size_t>(e.sequence->pages.back());
+    const auto target = static_cast<std::size_t>(pool_->peek(e.first_fresh));
+    for (const Tensor& layer : pages_) {
+      auto* base = static_cast<std::byte*>(const_cast<void*>(layer.data()));
+      backend_->copy_device_to_device(base + target * bytes, base + source * bytes, bytes, stream_);
+    }
+  }
+}
+
+// Takes the fresh pages in the order they were peeked and advances every
+// listed sequence. Allocates nothing (page lists were reserved, positions
+// prepared where appending would allocate), so it cannot throw.
+void PagedKvCache::commit(Reservation& r) noexcept {
+  const std::size_t page_size = config_.page_size;
+  for (StepEntry& e : r.entries) {
+    Sequence& s = *e.sequence;
+    if (e.copy_on_write) {
+      const std::int32_t copy = pool_->allocate();
+      pool_->release(s.pages.back());
+      s.pages.back() = copy;
+      tokens_ += s.length % page_size;  // the copied tokens are now stored twice
+    }
+    while (s.pages.size() < e.pages) s.pages.push_back(pool_->allocate());
+    if (!e.positions.empty()) {
+      s.positions = std::move(e.positions);
+    } else {
+      s.positions.append(s.next_position, e.new_tokens);
+    }
+    s.next_position += e.new_tokens;
+    s.length += e.new_tokens;
+    tokens_ += e.new_tokens;
+  }
+}
+
+PagedStepPlan PagedKvCache::begin_step(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens) {
+  Reservation r = reserve(ids, new_tokens);
+  for (StepEntry& e : r.entries) {
+    Sequence& s = *e.sequence;
+    s.pages.reserve(e.pages);  // capacity only: commit's push_backs then cannot throw
+    const auto& runs = s.positions.runs();
+    if (e.new_tokens > 0 && (runs.empty() || runs.back().begin + runs.back().length != s.next_position)) {
+      e.positions = s.positions;  // appending would add a run (allocate): prepare it here
+      e.positions.append(s.next_position, e.new_tokens);
+    }
+  }
+  fill_metadata(r);
+  PagedStepPlan plan = upload_plan(r);
+  copy_on_write(r);
+  commit(r);
+  plan.step_ = ++step_;
+  return plan;
+}
+
+void PagedKvCache::check_plan(const PagedStepPlan& plan) const {
+  if (plan.cache_ != serial_) throw Error(ErrorCode::Config, "write: the plan is of another cache (or of none)");
+  if (plan.step_ != step_) {
+    throw Error(ErrorCode::Config,
+                fmt::format("write: the plan is of step {}, the cache is at step {}", plan.step_, step_));
+  }
+}
+
+void PagedKvCache::check_tokens(const Tensor& tensor, std::size_t tokens, const char* what) const {
+  detail::require_defined(tensor, what);
+  detail::require_rank(tensor, 3, what, "[total_new, kv_heads, head_dim]");
+  const Shape expected{tokens, config_.kv_heads, config_.head_dim};
+  if (tensor.shape() != expected) {
+    throw Error(ErrorCode::Shape, fmt::format("{} {} must be {} ([total_new, kv_heads, head_dim])", what,
+                                              tensor.shape().to_string(), expected.to_string()));
+  }
+  if (tensor.dtype() != config_.dtype) {
+    throw Error(ErrorCode::Config,
+                fmt::format("{} are {}, the pages {}", what, dtype_name(tensor.dtype()), dtype_name(config_.dtype)));
+  }
+  detail::require_device(tensor.device(), device_, what);
+}
+
+void PagedKvCache::write(std::size_t layer, const PagedStepPlan& plan, const Tensor& keys, const Tensor& values) {
+  detail::require_index(layer, pages_.size(), "layer", "layers");
+  check_plan(plan);
+  check_tokens(keys, plan.total_new, "write: keys");
+  check_tokens(values, plan.total_new, "write: values");
+  if (plan.total_new == 0) return;
+  backend_->paged_write(PagedWrite{.pages = page_layout(layer),
+                                   .keys = keys.data(),
+                                   .values = values.data(),
+                                   .token_stride = config_.kv_heads * config_.head_dim,
+                                   .tokens = plan.total_new,
+                                   .slot_mapping = static_cast<const std::int64_t*>(plan.slot_mapping.data())},
+                        stream_);
+}
+
+}  // namespace micache
