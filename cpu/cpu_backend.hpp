@@ -1,7 +1,8 @@
 // CpuBackend: host memory and the reference kernels. Memory, copies and
 // streams are defined in cpu_backend.cpp; each kernel method in the file of its
 // operation (head_mean.cpp: head_mean and head_mean_column_sums; top_k.cpp;
-// convert.cpp; find_non_finite.cpp; token_copy.cpp; compressed.cpp: encode,
+// convert.cpp; find_non_finite.cpp; token_copy.cpp; paged_kv.cpp: write and
+// gather; paged_attention.cpp: decode attention; compressed.cpp: encode,
 // score, attend and decode of records).
 #pragma once
 
@@ -48,6 +49,7 @@ class CpuBackend final : public Backend {
   void copy_tokens(const TokenCopy& copy, Stream stream) override;
   void paged_write(const PagedWrite& write, Stream stream) override;
   void paged_gather(const PagedGather& gather, Stream stream) override;
+  void paged_decode_attention(const PagedDecodeAttention& attention, Stream stream) override;
 
  protected:
   void* do_allocate(std::size_t bytes, Stream stream) override;

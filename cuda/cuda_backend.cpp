@@ -280,6 +280,11 @@ class CudaBackend final : public Backend {
     launch("paged_gather kernel", [&] { return launch_paged_gather(gather, native(stream)); });
   }
 
+  void paged_decode_attention(const PagedDecodeAttention& attention, Stream stream) override {
+    const DeviceScope scope(index_);
+    launch("paged_decode_attention kernel", [&] { return launch_paged_decode_attention(attention, native(stream)); });
+  }
+
  protected:
   void* do_allocate(std::size_t bytes, Stream stream) override {
     const DeviceScope scope(index_);

@@ -12,6 +12,7 @@
 
 #include "micache/backend/compressed_records.hpp"
 #include "micache/backend/head_mean_view.hpp"
+#include "micache/backend/paged_attention.hpp"
 #include "micache/backend/paged_kv.hpp"
 #include "micache/backend/token_copy.hpp"
 #include "micache/dtype.hpp"
@@ -106,5 +107,9 @@ cudaError_t launch_paged_write(const PagedWrite& write, cudaStream_t stream);
 
 /// Backend::paged_gather on the device: one launch (none for 0 tokens).
 cudaError_t launch_paged_gather(const PagedGather& gather, cudaStream_t stream);
+
+/// Backend::paged_decode_attention on the device: one launch (none for an
+/// empty batch), no scratch (shared memory only), head_dim <= kPagedAttentionMaxHeadDim.
+cudaError_t launch_paged_decode_attention(const PagedDecodeAttention& attention, cudaStream_t stream);
 
 }  // namespace micache::cuda

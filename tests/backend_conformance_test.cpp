@@ -1,16 +1,18 @@
 // The conformance suite at the Backend seam: every kernel operation of
 // micache::Backend, driven with raw descriptors (HeadMeanView, TokenCopy,
-// PagedWrite / PagedGather, RecordRing / RecordEncode / RecordQuery) on every
-// available backend, with memory from the backend's own allocate and copies.
+// PagedWrite / PagedGather / PagedDecodeAttention, RecordRing / RecordEncode /
+// RecordQuery) on every available backend, with memory from the backend's
+// own allocate and copies.
 //
 // On the CPU the answers are compared with plain reference loops written
 // here; on any other backend with CpuBackend. Bit for bit wherever backend.hpp
 // promises bits (convert, find_non_finite, head_mean, top_k_head_mean,
 // head_mean_column_sums, copy_tokens, paged_write, paged_gather,
-// encode_records' bytes, decode_records; a NaN that arithmetic makes matches
-// any NaN, its payload being the hardware's); to a tolerance derived from the
-// rounding error of f32 sums where it promises agreement "to rounding"
-// (score_records, attend_records).
+// encode_records' bytes, decode_records, paged_decode_attention on the CPU;
+// a NaN that arithmetic makes matches any NaN, its payload being the
+// hardware's); to a tolerance derived from the rounding error of f32 sums
+// where it promises agreement "to rounding" (score_records, attend_records)
+// or differs by exp and log only (paged_decode_attention elsewhere).
 // Every output buffer starts from random bytes (NaNs where compared to a
 // tolerance) and is compared whole, with a guard band after its end, so a
 // missing or stray write fails too.
@@ -66,8 +68,14 @@
 //   groups, ring wrap-around, records on both sides of the size CUDA stages
 //   in shared memory, bits 1..8 (value bits apart from key bits), odd head_dim
 //   with misaligned queries, F32/F16/BF16 queries, head_dim 4096, 8192
-//   (shared and global query work space) and 131070, 0 tokens (score).
-// 245 cases in all, plus two checks that the boundary cases sit where they
+//   (shared and global query work space) and 131070, 0 tokens (score);
+// - paged_decode_attention (22): NHD and HND; F32, F16, BF16; GQA groups 1,
+//   2 and 4; head_dim 1, 64, 128, 129; page_size 1 and 16; requests ending
+//   mid-page and on a page boundary, one token, empty requests (zeros, lse
+//   -inf) alone and between others, batches of different lengths, CUDA's
+//   score chunk (kPagedAttentionChunkTokens) -1/+0/+1 and 2x + 1, a padded
+//   query stride, no lse, no requests; every slot no request holds is NaN.
+// 267 cases in all, plus two checks that the boundary cases sit where they
 // claim (KvCacheConfig's largest head_dim, CUDA's staging thresholds).
 #include <algorithm>
 #include <cmath>
@@ -2079,6 +2087,301 @@ TEST_P(BackendConformanceAttendRecords, WeighsDecodedValuesBySoftmaxOfScoresToRo
 
 INSTANTIATE_TEST_SUITE_P(, BackendConformanceAttendRecords, ::testing::ValuesIn(on_every_device(attend_cases())),
                          device_case_name<RecordCase>);
+
+// ===========================================================================
+// paged_decode_attention
+// ===========================================================================
+
+struct PagedAttentionCase {
+  std::string name;
+  PagedLayout layout = PagedLayout::Nhd;
+  DType dtype = DType::F32;
+  std::size_t head_dim = 64;
+  std::size_t kv_heads = 2;
+  std::size_t group = 1;  ///< query heads per kv head
+  std::size_t page_size = 16;
+  std::vector<std::size_t> lengths;  ///< tokens of each request (0: no pages)
+  std::size_t query_pad = 0;         ///< elements between requests' queries past qo_heads * head_dim
+  bool lse = true;
+
+  std::size_t batch() const { return lengths.size(); }
+  std::size_t qo_heads() const { return kv_heads * group; }
+  std::size_t query_stride() const { return qo_heads() * head_dim + query_pad; }
+  std::size_t pages_of(std::size_t i) const { return (lengths[i] + page_size - 1) / page_size; }
+  std::size_t listed_pages() const {
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < batch(); ++i) n += pages_of(i);
+    return n;
+  }
+  std::size_t num_pages() const { return listed_pages() + 3; }
+  std::size_t page_elements() const { return 2 * page_size * kv_heads * head_dim; }
+  /// Element 0 of the row of `head` of the key (kind 0) or value (1) at
+  /// `offset` of `page`: NHD `[pages, 2, page_size, kv_heads, head_dim]`,
+  /// HND `[pages, 2, kv_heads, page_size, head_dim]`.
+  std::size_t row(std::size_t page, std::size_t kind, std::size_t offset, std::size_t head) const {
+    const std::size_t plane = page * 2 + kind;
+    return (layout == PagedLayout::Nhd ? (plane * page_size + offset) * kv_heads + head
+                                       : (plane * kv_heads + head) * page_size + offset) *
+           head_dim;
+  }
+};
+
+/// The pool's elements as floats (already rounded to the dtype; NaN in every
+/// slot no request holds, so a read past a request's length shows), the
+/// queries, and FlashInfer's metadata over shuffled page ids.
+struct PagedAttentionData {
+  std::vector<float> pages;
+  std::vector<float> queries;
+  std::vector<std::int32_t> kv_indptr;
+  std::vector<std::int32_t> kv_indices;
+  std::vector<std::int32_t> kv_last_page_len;
+  float scale = 0.0f;
+};
+
+float rounded_to(float value, DType dtype) {
+  return dtype == DType::F16    ? f16_to_f32(f32_to_f16(value))
+         : dtype == DType::BF16 ? bf16_to_f32(f32_to_bf16(value))
+                                : value;
+}
+
+PagedAttentionData paged_attention_data(const PagedAttentionCase& c) {
+  const std::uint32_t seed = seed_of(c.name);
+  PagedAttentionData data;
+  data.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  data.pages.assign(c.num_pages() * c.page_elements(), kNaN);
+  std::vector<std::int32_t> ids(c.num_pages());
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), std::mt19937(seed));
+  Gaussian keys(seed + 1);
+  const std::vector<float> values = mixed_values(c.page_elements(), seed + 2);
+  data.kv_indptr.push_back(0);
+  std::size_t next = 0, value = 0;
+  for (std::size_t i = 0; i < c.batch(); ++i) {
+    for (std::size_t t = 0; t < c.lengths[i]; ++t) {
+      if (t % c.page_size == 0) data.kv_indices.push_back(ids[next++]);
+      const auto page = static_cast<std::size_t>(data.kv_indices.back());
+      for (std::size_t h = 0; h < c.kv_heads; ++h) {
+        const std::vector<float> key = keys.vector(c.head_dim);
+        for (std::size_t d = 0; d < c.head_dim; ++d) {
+          data.pages[c.row(page, 0, t % c.page_size, h) + d] = rounded_to(key[d], c.dtype);
+          data.pages[c.row(page, 1, t % c.page_size, h) + d] = rounded_to(values[value++ % values.size()], c.dtype);
+        }
+      }
+    }
+    data.kv_indptr.push_back(static_cast<std::int32_t>(data.kv_indices.size()));
+    const std::size_t last = c.lengths[i] == 0 ? 0 : c.lengths[i] - (c.pages_of(i) - 1) * c.page_size;
+    data.kv_last_page_len.push_back(static_cast<std::int32_t>(last));
+  }
+  data.queries = Gaussian(seed + 3).vector(c.batch() * c.query_stride());
+  for (float& q : data.queries) q = rounded_to(q, c.dtype);
+  return data;
+}
+
+/// One request's outputs and log-sum-exps, or the bound on each.
+struct AttentionOutputs {
+  Bytes out;
+  Bytes lse;
+};
+
+/// Plain loops in PagedDecodeAttention's order, on the dtype-rounded floats:
+/// each dot as 32 lane sums (elements l, l + 32, ...) combined by the xor
+/// butterfly, scaled; the max, the weights and their sum, and each output
+/// element's weighted sum in token order; f32 throughout, no FMA.
+AttentionOutputs reference_paged_attention(const PagedAttentionCase& c, const PagedAttentionData& data,
+                                           const AttentionOutputs& start) {
+  std::vector<float> out(c.batch() * c.qo_heads() * c.head_dim), lse(c.batch() * c.qo_heads());
+  for (std::size_t i = 0; i < c.batch(); ++i) {
+    const std::size_t tokens = c.lengths[i];
+    const auto slot = [&](std::size_t t, std::size_t kind, std::size_t head) {
+      const auto page =
+          static_cast<std::size_t>(data.kv_indices[static_cast<std::size_t>(data.kv_indptr[i]) + t / c.page_size]);
+      return data.pages.data() + c.row(page, kind, t % c.page_size, head);
+    };
+    for (std::size_t q = 0; q < c.qo_heads(); ++q) {
+      const float* query = data.queries.data() + i * c.query_stride() + q * c.head_dim;
+      const std::size_t head = q / c.group;
+      std::vector<float> scores(tokens);
+      float max = -kInf;
+      for (std::size_t t = 0; t < tokens; ++t) {
+        const float* key = slot(t, 0, head);
+        float lanes[32] = {};
+        for (std::size_t d = 0; d < c.head_dim; ++d) lanes[d % 32] = lanes[d % 32] + query[d] * key[d];
+        for (std::size_t width = 16; width > 0; width /= 2) {
+          for (std::size_t l = 0; l < width; ++l) lanes[l] = lanes[l] + lanes[l + width];
+        }
+        scores[t] = lanes[0] * data.scale;
+        max = scores[t] > max ? scores[t] : max;
+      }
+      float sum = 0.0f;
+      std::vector<float> acc(c.head_dim, 0.0f);
+      for (std::size_t t = 0; t < tokens; ++t) {
+        const float weight = std::exp(scores[t] - max);
+        sum = sum + weight;
+        const float* v = slot(t, 1, head);
+        for (std::size_t d = 0; d < c.head_dim; ++d) acc[d] = acc[d] + weight * v[d];
+      }
+      for (std::size_t d = 0; d < c.head_dim; ++d) {
+        out[(i * c.qo_heads() + q) * c.head_dim + d] = tokens == 0 ? 0.0f : acc[d] / sum;
+      }
+      lse[i * c.qo_heads() + q] = tokens == 0 ? -kInf : max + std::log(sum);
+    }
+  }
+  return {overwritten(start.out, out), c.lse ? overwritten(start.lse, lse) : start.lse};
+}
+
+/// The bounds on |CUDA - CPU| (each evaluates the same order; only exp and
+/// log round differently, an f32 exp being within 2 ulp on the device and 1
+/// on the host: relative weight difference e <= 8u). Both outputs are an f32
+/// evaluation of softmax(s) . v with their own weights: each within
+/// (gamma_(T+1) + gamma_T + u) V of the exact ratio of its weights, V =
+/// max_t |v_t,d| (a convex combination), and the two exact ratios within
+/// 2e / (1 - e) V of each other. lse = m + log(S): the sums S within a factor
+/// (1 + e)(1 + gamma_T)^2, log within an ulp each side (|log S| <= log T,
+/// S in [1, T]), the final add an ulp of |lse| each side.
+std::pair<std::vector<double>, std::vector<double>> paged_attention_bounds(const PagedAttentionCase& c,
+                                                                           const PagedAttentionData& data,
+                                                                           const Bytes& cpu_lse) {
+  const double u = kUnitRoundoff;
+  const double e = 8.0 * u;
+  std::vector<double> out, lse;
+  for (std::size_t i = 0; i < c.batch(); ++i) {
+    const auto tokens = static_cast<double>(c.lengths[i]);
+    for (std::size_t q = 0; q < c.qo_heads(); ++q) {
+      for (std::size_t d = 0; d < c.head_dim; ++d) {
+        double largest = 0.0;
+        for (std::size_t t = 0; t < c.lengths[i]; ++t) {
+          const auto page =
+              static_cast<std::size_t>(data.kv_indices[static_cast<std::size_t>(data.kv_indptr[i]) + t / c.page_size]);
+          largest = std::max(largest, std::fabs(double{data.pages[c.row(page, 1, t % c.page_size, q / c.group) + d]}));
+        }
+        out.push_back(2.0 * (gamma(tokens + 1.0) + gamma(tokens) + u) * largest * 1.01 + 2.0 * e / (1.0 - e) * largest);
+      }
+      if (c.lse) {
+        const double value =
+            c.lengths[i] == 0 ? 0.0 : std::fabs(values_of<float>(cpu_lse, 1, 4 * (i * c.qo_heads() + q))[0]);
+        lse.push_back(
+            c.lengths[i] == 0 ? 0.0 : 1.01 * (e + 2.0 * gamma(tokens)) + 4.0 * u * std::log(tokens) + 4.0 * u * value);
+      }
+    }
+  }
+  return {out, lse};
+}
+
+AttentionOutputs run_paged_attention(Backend& backend, const PagedAttentionCase& c, const PagedAttentionData& data,
+                                     const AttentionOutputs& start) {
+  const DeviceBuffer pages(backend, elements_of(data.pages, c.dtype));
+  const DeviceBuffer queries(backend, elements_of(data.queries, c.dtype));
+  const DeviceBuffer indptr(backend, bytes_of(data.kv_indptr));
+  const DeviceBuffer indices(backend, bytes_of(data.kv_indices));
+  const DeviceBuffer last(backend, bytes_of(data.kv_last_page_len));
+  const DeviceBuffer out(backend, start.out);
+  const DeviceBuffer lse(backend, start.lse);
+  PagedDecodeAttention a;
+  a.pages = {.data = pages.at(),
+             .dtype = c.dtype,
+             .layout = c.layout,
+             .num_pages = c.num_pages(),
+             .page_size = c.page_size,
+             .kv_heads = c.kv_heads,
+             .head_dim = c.head_dim};
+  a.queries = queries.at();
+  a.query_stride = c.query_stride();
+  a.batch = c.batch();
+  a.qo_heads = c.qo_heads();
+  a.kv_indptr = indptr.as<std::int32_t>();
+  a.kv_indices = indices.as<std::int32_t>();
+  a.kv_last_page_len = last.as<std::int32_t>();
+  a.scale = data.scale;
+  a.out = out.as<float>();
+  a.lse = c.lse ? lse.as<float>() : nullptr;
+  backend.paged_decode_attention(a, Stream{});
+  return {out.read(), lse.read()};
+}
+
+std::vector<PagedAttentionCase> paged_attention_cases() {
+  using D = DType;
+  using L = PagedLayout;
+  const std::size_t chunk = kPagedAttentionChunkTokens;
+  return {
+      {.name = "nhd_f32_mid_page", .lengths = {37}},
+      {.name = "hnd_f32_mid_page", .layout = L::Hnd, .lengths = {37}},
+      {.name = "nhd_f32_page_boundary", .lengths = {48}},
+      {.name = "hnd_bf16_page_boundary", .layout = L::Hnd, .dtype = D::BF16, .lengths = {32}},
+      {.name = "nhd_f16_gqa_4", .dtype = D::F16, .group = 4, .lengths = {21, 16}},
+      {.name = "hnd_bf16_gqa_4_head_dim_128",
+       .layout = L::Hnd,
+       .dtype = D::BF16,
+       .head_dim = 128,
+       .group = 4,
+       .lengths = {70, 3}},
+      {.name = "nhd_bf16_head_dim_128", .dtype = D::BF16, .head_dim = 128, .kv_heads = 8, .lengths = {19}},
+      {.name = "nhd_f32_head_dim_1", .head_dim = 1, .kv_heads = 3, .lengths = {9, 17}},
+      {.name = "hnd_f16_head_dim_1_gqa_4",
+       .layout = L::Hnd,
+       .dtype = D::F16,
+       .head_dim = 1,
+       .group = 4,
+       .lengths = {5}},
+      {.name = "nhd_f32_head_dim_129", .head_dim = 129, .lengths = {33}},
+      {.name = "hnd_bf16_head_dim_129_gqa_4",
+       .layout = L::Hnd,
+       .dtype = D::BF16,
+       .head_dim = 129,
+       .kv_heads = 1,
+       .group = 4,
+       .lengths = {40}},
+      {.name = "nhd_page_size_1", .page_size = 1, .lengths = {1, 7, 12}},
+      {.name = "hnd_f16_page_size_1_gqa_4",
+       .layout = L::Hnd,
+       .dtype = D::F16,
+       .group = 4,
+       .page_size = 1,
+       .lengths = {6, 1}},
+      {.name = "nhd_one_token", .lengths = {1}},
+      {.name = "nhd_empty_request", .lengths = {0}},
+      {.name = "hnd_bf16_empty_request_between", .layout = L::Hnd, .dtype = D::BF16, .lengths = {5, 0, 16, 0}},
+      {.name = "nhd_bf16_batch_of_lengths", .dtype = D::BF16, .group = 4, .lengths = {1, 15, 16, 17, 0, 64, 100}},
+      {.name = "hnd_f32_batch_of_lengths", .layout = L::Hnd, .group = 2, .lengths = {31, 2, 48, 9}},
+      {.name = "nhd_f32_chunk_boundaries", .kv_heads = 1, .lengths = {chunk, chunk + 1, 2 * chunk + 1}},
+      {.name = "nhd_f16_padded_query_stride", .dtype = D::F16, .group = 4, .lengths = {20, 8}, .query_pad = 3},
+      {.name = "nhd_without_lse", .lengths = {25, 0}, .lse = false},
+      {.name = "nhd_no_requests", .lengths = {}},
+  };
+}
+
+using BackendConformancePagedAttention = ConformanceTest<PagedAttentionCase>;
+
+TEST_P(BackendConformancePagedAttention, AttendsEachRequestsPagesInTheSharedOrder) {
+  const PagedAttentionCase& c = param();
+  const PagedAttentionData data = paged_attention_data(c);
+  const AttentionOutputs start{nan_bytes(4 * c.batch() * c.qo_heads() * c.head_dim, seed_of(c.name) + 4),
+                               nan_bytes(4 * c.batch() * c.qo_heads(), seed_of(c.name) + 5)};
+  const AttentionOutputs actual = run_paged_attention(backend(), c, data, start);
+  if (on_reference_device()) {
+    const AttentionOutputs expected = reference_paged_attention(c, data, start);
+    for (const float v : values_of<float>(expected.out, c.batch() * c.qo_heads() * c.head_dim)) {
+      ASSERT_TRUE(std::isfinite(v)) << "the reference read a slot no request holds";
+    }
+    expect_same_floats(actual.out, expected.out, c.batch() * c.qo_heads() * c.head_dim, "out");
+    expect_same_floats(actual.lse, expected.lse, c.lse ? c.batch() * c.qo_heads() : 0, "lse");
+    return;
+  }
+  AttentionOutputs expected = run_paged_attention(cpu_backend(), c, data, start);
+  const auto [out_bounds, lse_bounds] = paged_attention_bounds(c, data, expected.lse);
+  expect_floats_near(actual.out, expected.out, out_bounds, "out");
+  // An empty request's -inf has no distance: its bits are compared, then set aside.
+  Bytes lse = actual.lse;
+  for (std::size_t k = 0; c.lse && k < c.batch() * c.qo_heads(); ++k) {
+    if (c.lengths[k / c.qo_heads()] != 0) continue;
+    EXPECT_EQ(values_of<float>(lse, 1, 4 * k)[0], -kInf) << "lse of empty request " << k / c.qo_heads();
+    std::memcpy(lse.data() + 4 * k, expected.lse.data() + 4 * k, 4);
+  }
+  expect_floats_near(lse, expected.lse, lse_bounds, "lse");
+}
+
+INSTANTIATE_TEST_SUITE_P(, BackendConformancePagedAttention,
+                         ::testing::ValuesIn(on_every_device(paged_attention_cases())),
+                         device_case_name<PagedAttentionCase>);
 
 // ===========================================================================
 // The limits the tables are built on

@@ -1,8 +1,11 @@
 // PagedKvCache: the config and its byte budgets, the page pool, sequences,
 // forks with copy on write, a step's metadata against hand-computed values,
-// writes that land where the slot and layout say, gathers, accounting,
-// bad input and injected allocation failures.
+// writes that land where the slot and layout say, gathers, decode attention
+// against a dense attention over the gathers, accounting, bad input and
+// injected allocation failures.
+#include <cmath>
 #include <functional>
+#include <limits>
 #include <map>
 
 #include "fault_sweep.hpp"
@@ -532,6 +535,168 @@ TEST_P(PagedKvCacheTest, WriteChecksItsPlanAndTokens) {
                "write: values are bf16, the pages f32");
   expect_error([&] { cache.write(0, plan, Tensor(), v); }, ErrorCode::Config, "write: keys: undefined tensor");
   EXPECT_NO_THROW(cache.write(0, plan, k, v));
+}
+
+// ---- decode attention ----
+
+// Softmax(scale q.k) v of every query head of `queries` ([batch, qo_heads,
+// head_dim]) over the dense keys and values gather() gives each sequence,
+// in double: what FlashInfer's metadata must mean.
+std::vector<double> dense_attention(const PagedKvCache& cache, std::size_t layer, const std::vector<SequenceId>& ids,
+                                    const std::vector<float>& queries, std::size_t qo_heads, float scale) {
+  const std::size_t kv_heads = cache.config().kv_heads, dim = cache.config().head_dim;
+  std::vector<double> out;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const PagedKv kv = cache.gather(ids[i], layer);
+    const std::vector<float> keys = kv.keys.to_host_f32(), values = kv.values.to_host_f32();
+    const std::size_t len = cache.length(ids[i]);
+    for (std::size_t q = 0; q < qo_heads; ++q) {
+      const std::size_t head = q / (qo_heads / kv_heads);
+      std::vector<double> scores(len);
+      double max = -std::numeric_limits<double>::infinity(), total = 0.0;
+      for (std::size_t t = 0; t < len; ++t) {
+        double dot = 0.0;
+        for (std::size_t d = 0; d < dim; ++d) {
+          dot += double{queries[(i * qo_heads + q) * dim + d]} * keys[(head * len + t) * dim + d];
+        }
+        scores[t] = scale * dot;
+        max = std::max(max, scores[t]);
+      }
+      std::vector<double> acc(dim, 0.0);
+      for (std::size_t t = 0; t < len; ++t) {
+        const double w = std::exp(scores[t] - max);
+        total += w;
+        for (std::size_t d = 0; d < dim; ++d) acc[d] += w * values[(head * len + t) * dim + d];
+      }
+      for (std::size_t d = 0; d < dim; ++d) out.push_back(len == 0 ? 0.0 : acc[d] / total);
+    }
+  }
+  return out;
+}
+
+TEST_P(PagedKvCacheTest, DecodeAttentionEqualsDenseAttentionOverTheGatheredSequences) {
+  for (const PagedLayout layout : {PagedLayout::Nhd, PagedLayout::Hnd}) {
+    for (const DType dtype : {DType::F32, DType::BF16}) {
+      for (const std::size_t group : {std::size_t{1}, std::size_t{4}}) {
+        SCOPED_TRACE(std::string(layout == PagedLayout::Nhd ? "nhd " : "hnd ") + dtype_name(dtype) + " group " +
+                     std::to_string(group));
+        const std::size_t kv_heads = 2, dim = 16, qo_heads = kv_heads * group;
+        PagedKvCache cache(PagedKvConfig{.n_layers = 2,
+                                         .kv_heads = kv_heads,
+                                         .head_dim = dim,
+                                         .page_size = 4,
+                                         .num_pages = 32,
+                                         .dtype = dtype,
+                                         .layout = layout},
+                           GetParam());
+        const SequenceId a = cache.add_sequence(), b = cache.add_sequence(), c = cache.add_sequence();
+        const SequenceId empty = cache.add_sequence();
+        std::uint32_t seed = 1;
+        const auto run = [&](std::vector<SequenceId> ids, std::vector<std::size_t> counts) {
+          const PagedStepPlan plan = cache.begin_step(ids, counts);
+          for (std::size_t l = 0; l < 2; ++l) {
+            const Shape shape{plan.total_new, kv_heads, dim};
+            const std::size_t n = plan.total_new * kv_heads * dim;
+            const Tensor keys = Tensor::from_host(random_values(n, seed++, -2.0f, 2.0f), shape, dtype, GetParam());
+            const Tensor values = Tensor::from_host(random_values(n, seed++, -2.0f, 2.0f), shape, dtype, GetParam());
+            cache.write(l, plan, keys, values);
+          }
+          return plan;
+        };
+        run({a, b, c}, {9, 3, 4});
+        const SequenceId d = cache.fork(a);
+        run({a, d, c}, {2, 1, 4});
+        const std::vector<SequenceId> ids{a, b, empty, c, d};
+        const PagedStepPlan plan = run(ids, {1, 1, 0, 1, 1});  // lengths 12, 4, 0, 9, 11
+        const std::vector<float> queries =
+            rounded_to(random_values(ids.size() * qo_heads * dim, 99, -1.0f, 1.0f), dtype);
+        const Tensor q = Tensor::from_host(queries, {ids.size(), qo_heads, dim}, dtype, GetParam());
+        for (std::size_t layer = 0; layer < 2; ++layer) {
+          const Tensor out = cache.decode_attention(layer, plan, q);
+          ASSERT_EQ(out.shape(), (Shape{ids.size(), qo_heads, dim}));
+          ASSERT_EQ(out.dtype(), DType::F32);
+          const std::vector<float> got = out.to_host_f32();
+          const std::vector<double> want =
+              dense_attention(cache, layer, ids, queries, qo_heads, 1.0f / std::sqrt(static_cast<float>(dim)));
+          ASSERT_EQ(got.size(), want.size());
+          for (std::size_t e = 0; e < got.size(); ++e) EXPECT_NEAR(got[e], want[e], 2e-6) << "element " << e;
+        }
+      }
+    }
+  }
+}
+
+TEST_P(PagedKvCacheTest, DecodeAttentionOfAnEmptySequenceIsZeros) {
+  PagedKvCache cache = make(4, 8);
+  const SequenceId a = cache.add_sequence();
+  const PagedStepPlan plan = step(cache, {a}, {0});
+  const Tensor q = Tensor::from_host(data(1, 1), {1, kHeads, kDim}, DType::F32, GetParam());
+  expect_same_bits(cache.decode_attention(0, plan, q).to_host_f32(), std::vector<float>(kHeads * kDim, 0.0f));
+}
+
+TEST_P(PagedKvCacheTest, DecodeAttentionScaleZeroMeansOneOverSqrtHeadDim) {
+  PagedKvCache cache = make(4, 8);
+  const SequenceId a = cache.add_sequence();
+  const PagedStepPlan plan = step(cache, {a}, {6});
+  write_all(cache, plan, data(6, 1));
+  const Tensor q = Tensor::from_host(data(1, 2), {1, kHeads, kDim}, DType::F32, GetParam());
+  expect_same_bits(cache.decode_attention(1, plan, q).to_host_f32(),
+                   cache.decode_attention(1, plan, q, 0.5f).to_host_f32());  // kDim = 4
+  const std::vector<float> scaled = cache.decode_attention(1, plan, q, 3.0f).to_host_f32();
+  EXPECT_NE(scaled, cache.decode_attention(1, plan, q).to_host_f32());
+}
+
+TEST_P(PagedKvCacheTest, DecodeAttentionChecksItsPlanAndQueries) {
+  PagedKvCache cache = make(4, 8);
+  PagedKvCache other = make(4, 8);
+  const SequenceId a = cache.add_sequence();
+  const PagedStepPlan old = step(cache, {a}, {2});
+  const PagedStepPlan plan = step(cache, {a}, {2});
+  const Tensor q = Tensor::from_host(data(1, 1), {1, kHeads, kDim}, DType::F32, GetParam());
+  expect_error([&] { cache.decode_attention(0, old, q); }, ErrorCode::Config,
+               "decode_attention: the plan is of step 1, the cache is at step 2");
+  expect_error([&] { other.decode_attention(0, plan, q); }, ErrorCode::Config,
+               "decode_attention: the plan is of another cache (or of none)");
+  expect_error([&] { cache.decode_attention(2, plan, q); }, ErrorCode::Hook, "layer 2 out of range (layers=2)");
+  expect_error([&] { cache.decode_attention(0, plan, Tensor()); }, ErrorCode::Config,
+               "decode_attention: queries: undefined tensor");
+  expect_error(
+      [&] {
+        cache.decode_attention(0, plan, Tensor::from_host(data(1, 1), {kHeads, kDim}, DType::F32, GetParam()));
+      },
+      ErrorCode::Shape, "decode_attention: queries must be [batch, qo_heads, head_dim], got rank 2 [2, 4]");
+  expect_error(
+      [&] {
+        cache.decode_attention(0, plan, Tensor::from_host(data(2, 1), {2, kHeads, kDim}, DType::F32, GetParam()));
+      },
+      ErrorCode::Shape, "decode_attention: queries [2, 2, 4] must be [1, qo_heads, 4] ([batch, qo_heads, head_dim])");
+  expect_error(
+      [&] {
+        cache.decode_attention(0, plan,
+                               Tensor::from_host(random_values(3 * kDim, 1), {1, 3, kDim}, DType::F32, GetParam()));
+      },
+      ErrorCode::Shape, "decode_attention: queries: qo_heads 3 must be a positive multiple of kv_heads 2");
+  expect_error(
+      [&] {
+        cache.decode_attention(0, plan, Tensor::from_host(data(1, 1), {1, kHeads, kDim}, DType::BF16, GetParam()));
+      },
+      ErrorCode::Config, "decode_attention: queries are bf16, the pages f32");
+  expect_error([&] { cache.decode_attention(0, plan, q, std::numeric_limits<float>::infinity()); }, ErrorCode::Config,
+               "decode_attention: scale inf is not finite");
+  EXPECT_NO_THROW(cache.decode_attention(0, plan, q));
+}
+
+TEST_P(PagedKvCacheTest, DecodeAttentionRejectsAHeadDimAboveTheKernelsLimit) {
+  PagedKvConfig config = small_config(1, 1);
+  config.kv_heads = 1;
+  config.head_dim = kPagedAttentionMaxHeadDim + 1;
+  PagedKvCache cache(config, GetParam());
+  const SequenceId a = cache.add_sequence();
+  const PagedStepPlan plan = step(cache, {a}, {0});
+  const Tensor q =
+      Tensor::from_host(random_values(config.head_dim, 1), {1, 1, config.head_dim}, DType::F32, GetParam());
+  expect_error([&] { cache.decode_attention(0, plan, q); }, ErrorCode::Config,
+               "decode_attention: head_dim 4097 is above 4096");
 }
 
 // ---- the strong guarantee under failing allocations ----

@@ -156,8 +156,7 @@ struct PagedSequenceStats {
 /// order. No call waits for the device.
 ///
 /// Not yet (later slices): prefix caching, per-sequence eviction, hybrid layer
-/// kinds, the device accounting kernel, the reference decode attention, files,
-/// device-resident page tables.
+/// kinds, the device accounting kernel, files, device-resident page tables.
 ///
 /// Thread safety: const queries may run concurrently; mutation needs exclusive
 /// access. Move-only: the pages and their bookkeeping are one; a moved-from
@@ -236,6 +235,25 @@ class PagedKvCache {
   /// kv_heads, length, head_dim]`): one upload of its page ids and one
   /// Backend::paged_gather. Errors: Hook (id or layer), OutOfMemory.
   PagedKv gather(SequenceId id, std::size_t layer) const;
+
+  /// Decode attention of the plan's sequences in `layer` (the reference
+  /// kernel, Backend::paged_decode_attention, reading the plan's kv_indptr,
+  /// kv_indices and kv_last_page_len): `queries` `[batch, qo_heads,
+  /// head_dim]` in the pages' dtype on the cache's device, one query token
+  /// per sequence, qo_heads a multiple of kv_heads (query head q reads kv
+  /// head q / (qo_heads / kv_heads)); `scale` multiplies every score, 0
+  /// meaning 1/sqrt(head_dim). Returns a new F32 `[batch, qo_heads,
+  /// head_dim]` device tensor: softmax(scale q.k) v over each sequence's
+  /// tokens (new tokens included: write them first), zeros for an empty one.
+  /// Errors: Hook (layer), Config (`decode_attention: the plan is of
+  /// another cache (or of none)`, `... is of step 2, the cache is at step
+  /// 3`; queries' dtype; `decode_attention: head_dim 8192 is above 4096` (the
+  /// kernel's limit, kPagedAttentionMaxHeadDim); a scale that is not finite),
+  /// Shape (rank, shape, qo_heads not a multiple of kv_heads), Device,
+  /// OutOfMemory. One allocation, one launch, no synchronisation.
+  /// O(batch x qo_heads x tokens x head_dim).
+  Tensor decode_attention(std::size_t layer, const PagedStepPlan& plan, const Tensor& queries,
+                          float scale = 0.0f) const;
 
   /// The pool's counters, exact, on the host. O(1).
   PagedPoolStats pool_stats() const noexcept;

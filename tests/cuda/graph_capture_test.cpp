@@ -279,6 +279,49 @@ TEST(GraphCapture, PagedWriteThenGather) {
       {pages, keys, values});
 }
 
+// A paged_decode_attention of 3 requests (20 tokens ending mid-page, none, 32
+// ending on a page boundary) over BF16 HND pages, 8 query heads in GQA groups
+// of 4, with lse: one launch, no allocation.
+TEST(GraphCapture, PagedDecodeAttention) {
+  MICACHE_REQUIRE_CUDA();
+  Backend& backend = backend_for(Device::cuda(0));
+  const std::size_t kv_heads = 2, qo_heads = 8, dim = 128, page_size = 16, num_pages = 5, batch = 3;
+  std::vector<std::uint16_t> page_elements(num_pages * 2 * page_size * kv_heads * dim);
+  const std::vector<float> page_values = random_values(page_elements.size(), 41, -2.0f, 2.0f);
+  for (std::size_t i = 0; i < page_elements.size(); ++i) page_elements[i] = f32_to_bf16(page_values[i]);
+  std::vector<std::uint16_t> query_elements(batch * qo_heads * dim);
+  const std::vector<float> query_values = random_values(query_elements.size(), 42, -1.0f, 1.0f);
+  for (std::size_t i = 0; i < query_elements.size(); ++i) query_elements[i] = f32_to_bf16(query_values[i]);
+  const DeviceBytes pages(backend, page_elements.data(), page_elements.size() * sizeof(std::uint16_t));
+  const DeviceBytes queries(backend, query_elements.data(), query_elements.size() * sizeof(std::uint16_t));
+  const std::vector<std::int32_t> indptr = {0, 2, 2, 4}, indices = {3, 0, 4, 1}, last = {4, 0, 16};
+  const DeviceBytes kv_indptr(backend, indptr.data(), indptr.size() * sizeof(std::int32_t));
+  const DeviceBytes kv_indices(backend, indices.data(), indices.size() * sizeof(std::int32_t));
+  const DeviceBytes kv_last_page_len(backend, last.data(), last.size() * sizeof(std::int32_t));
+  DeviceBytes out(backend, batch * qo_heads * dim * sizeof(float));
+  DeviceBytes lse(backend, batch * qo_heads * sizeof(float));
+
+  PagedDecodeAttention attention;
+  attention.pages = {.data = pages.get(),
+                     .dtype = DType::BF16,
+                     .layout = PagedLayout::Hnd,
+                     .num_pages = num_pages,
+                     .page_size = page_size,
+                     .kv_heads = kv_heads,
+                     .head_dim = dim};
+  attention.queries = queries.get();
+  attention.query_stride = qo_heads * dim;
+  attention.batch = batch;
+  attention.qo_heads = qo_heads;
+  attention.kv_indptr = static_cast<const std::int32_t*>(kv_indptr.get());
+  attention.kv_indices = static_cast<const std::int32_t*>(kv_indices.get());
+  attention.kv_last_page_len = static_cast<const std::int32_t*>(kv_last_page_len.get());
+  attention.scale = 0.08838834764831845f;
+  attention.out = static_cast<float*>(out.get());
+  attention.lse = static_cast<float*>(lse.get());
+  expect_capture_replays_direct_call([&](Stream s) { backend.paged_decode_attention(attention, s); }, {out, lse});
+}
+
 // Encode, score, attend and decode over one ring, all in one graph: 300
 // tokens of 4 key heads and 4 value heads (dim 100: p = 128, odd tail), 8
 // query heads in GQA groups of 2; the prepared queries, scores and partials

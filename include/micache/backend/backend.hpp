@@ -9,6 +9,7 @@
 
 #include "micache/backend/compressed_records.hpp"
 #include "micache/backend/head_mean_view.hpp"
+#include "micache/backend/paged_attention.hpp"
 #include "micache/backend/paged_kv.hpp"
 #include "micache/backend/token_copy.hpp"
 #include "micache/device.hpp"
@@ -174,6 +175,14 @@ class Backend {
   /// Gathers one sequence's tokens from its pages into dense keys and values
   /// (see PagedGather). One launch on CUDA.
   virtual void paged_gather(const PagedGather& gather, Stream stream) = 0;
+
+  /// Decode attention of a batch of requests over their pages, reading
+  /// FlashInfer's paged metadata (see PagedDecodeAttention: shapes, GQA, the
+  /// order every backend follows; head_dim <= kPagedAttentionMaxHeadDim).
+  /// The CPU's answer bit for bit but for exp and log, which may differ by an
+  /// ulp. One launch on CUDA, no allocation, no synchronisation: capturable
+  /// in a CUDA graph. O(tokens * qo_heads * head_dim) per request.
+  virtual void paged_decode_attention(const PagedDecodeAttention& attention, Stream stream) = 0;
 
  protected:
   /// Returns nullptr when the device has no memory for `bytes` (> 0).
