@@ -55,6 +55,18 @@ KVCache kv_cache() {
   return cache;
 }
 
+// Two pages of 4 tokens, one layer of 2 kv heads of 4 f32.
+PagedKvCache paged_pool() {
+  return PagedKvCache({.n_layers = 1, .kv_heads = 2, .head_dim = 4, .page_size = 4, .num_pages = 2, .dtype = DType::F32});
+}
+
+// A step of `tokens` new tokens of one new sequence.
+PagedStepPlan paged_step(PagedKvCache& pool, std::size_t tokens) {
+  const std::vector<SequenceId> ids{pool.add_sequence()};
+  const std::vector<std::size_t> counts{tokens};
+  return pool.begin_step(ids, counts);
+}
+
 KvCacheConfig config(std::size_t head_dim = 4, unsigned bits = 4, std::size_t projections = 4) {
   return {.head_dim = head_dim, .bits = bits, .projections = projections};
 }
@@ -163,6 +175,38 @@ std::vector<Row> rows() {
          KVCache cache(1);
          cache.append(0, f32({1, 1, 1, 2}, kInf), f32({1, 1, 1, 2}, kNaN));
          return std::isnan(cache.values(0).to_host_f32()[0]) ? "stored as given; queries of them give NaN (no error)" : "?";
+       }},
+      {"page_size not a power of two", "`PagedKvConfig::validate` with page_size 12",
+       "Config: PagedKvConfig.page_size must be a power of two in 1..=1073741824, got 12",
+       [] {
+         PagedKvConfig c{.n_layers = 1, .kv_heads = 1, .head_dim = 4, .page_size = 12, .num_pages = 4};
+         c.validate();
+         return ok("nothing");
+       }},
+      {"released sequence", "`PagedKvCache::begin_step` of a released id",
+       "Hook: begin_step: unknown sequence 0 (never added, or released)",
+       [] {
+         PagedKvCache pool = paged_pool();
+         const std::vector<SequenceId> ids{pool.add_sequence()};
+         pool.release(ids[0]);
+         pool.begin_step(ids, std::vector<std::size_t>{1});
+         return ok("a plan");
+       }},
+      {"a step that does not fit", "`begin_step` of 5 tokens with 1 of 2 pages of 4 free",
+       "OutOfMemory: begin_step: needs 2 pages (0 copied on write), 1 free of 2",
+       [] {
+         PagedKvCache pool = paged_pool();
+         paged_step(pool, 4);
+         paged_step(pool, 5);
+         return ok("a plan");
+       }},
+      {"keys of the wrong token count", "`PagedKvCache::write` of 2 tokens for a step of 3",
+       "Shape: write: keys [2, 2, 4] must be [3, 2, 4] ([total_new, kv_heads, head_dim])",
+       [] {
+         PagedKvCache pool = paged_pool();
+         const PagedStepPlan plan = paged_step(pool, 3);
+         pool.write(0, plan, f32({2, 2, 4}), f32({3, 2, 4}));
+         return ok("nothing");
        }},
       {"zero heads", "`MultiHeadKvCache(0, config)`", "EmptyInput: empty input: num_heads must be > 0",
        [] { MultiHeadKvCache(0, config()); return ok("a cache"); }},
