@@ -63,6 +63,25 @@ cudaError_t dispatch_dtype(DType dtype, Args&&... args) {
   return cudaErrorInvalidValue;
 }
 
+/// Runs `Op<Word>::run(args...)` with Word the unsigned type of `bytes`
+/// bytes (a widest_unit: 16 uint4, 8 uint2, 4, 2, else 1), for kernels that
+/// copy whole aligned words.
+template <template <class> class Op, class... Args>
+cudaError_t dispatch_word(std::size_t bytes, Args&&... args) {
+  switch (bytes) {
+    case 16:
+      return Op<uint4>::run(args...);
+    case 8:
+      return Op<uint2>::run(args...);
+    case 4:
+      return Op<unsigned>::run(args...);
+    case 2:
+      return Op<unsigned short>::run(args...);
+    default:
+      return Op<unsigned char>::run(args...);
+  }
+}
+
 /// The sum of `v` over the 32 lanes of a full warp by an xor butterfly of
 /// widths 16, 8, 4, 2, 1, each add rounded once; every lane returns it.
 /// detail::butterfly_sum (qjl_projection.hpp) is its host form, bit for bit.

@@ -1,5 +1,6 @@
 #include <cstdint>
 
+#include "cuda/common.cuh"
 #include "cuda/kernels.hpp"
 #include "cuda/paged_kv_plan.hpp"
 
@@ -47,55 +48,37 @@ __global__ void __launch_bounds__(kPagedBlockThreads)
 }
 
 template <class Unit>
-cudaError_t launch_write(const PagedWrite& write, cudaStream_t stream) {
-  const PagedLaunch plan = plan_paged(write.pages, write.tokens, write.token_stride, sizeof(Unit));
-  paged_write_kernel<Unit>
-      <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(write,
-                                                                                                              plan);
-  return cudaGetLastError();
-}
+struct LaunchWrite {
+  static cudaError_t run(const PagedWrite& write, cudaStream_t stream) {
+    const PagedLaunch plan = plan_paged(write.pages, write.tokens, write.token_stride, sizeof(Unit));
+    paged_write_kernel<Unit>
+        <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(write,
+                                                                                                                plan);
+    return cudaGetLastError();
+  }
+};
 
 template <class Unit>
-cudaError_t launch_gather(const PagedGather& gather, cudaStream_t stream) {
-  const PagedLaunch plan = plan_paged(gather.pages, gather.tokens, 0, sizeof(Unit));
-  paged_gather_kernel<Unit>
-      <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(gather,
-                                                                                                              plan);
-  return cudaGetLastError();
-}
+struct LaunchGather {
+  static cudaError_t run(const PagedGather& gather, cudaStream_t stream) {
+    const PagedLaunch plan = plan_paged(gather.pages, gather.tokens, 0, sizeof(Unit));
+    paged_gather_kernel<Unit>
+        <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(gather,
+                                                                                                                plan);
+    return cudaGetLastError();
+  }
+};
 
 }  // namespace
 
 cudaError_t launch_paged_write(const PagedWrite& write, cudaStream_t stream) {
   if (write.tokens * write.pages.kv_heads * write.pages.head_dim == 0) return cudaSuccess;
-  switch (paged_write_unit(write)) {
-    case 16:
-      return launch_write<uint4>(write, stream);
-    case 8:
-      return launch_write<uint2>(write, stream);
-    case 4:
-      return launch_write<unsigned>(write, stream);
-    case 2:
-      return launch_write<unsigned short>(write, stream);
-    default:
-      return launch_write<unsigned char>(write, stream);
-  }
+  return dispatch_word<LaunchWrite>(paged_write_unit(write), write, stream);
 }
 
 cudaError_t launch_paged_gather(const PagedGather& gather, cudaStream_t stream) {
   if (gather.tokens * gather.pages.kv_heads * gather.pages.head_dim == 0) return cudaSuccess;
-  switch (paged_gather_unit(gather)) {
-    case 16:
-      return launch_gather<uint4>(gather, stream);
-    case 8:
-      return launch_gather<uint2>(gather, stream);
-    case 4:
-      return launch_gather<unsigned>(gather, stream);
-    case 2:
-      return launch_gather<unsigned short>(gather, stream);
-    default:
-      return launch_gather<unsigned char>(gather, stream);
-  }
+  return dispatch_word<LaunchGather>(paged_gather_unit(gather), gather, stream);
 }
 
 }  // namespace micache::cuda

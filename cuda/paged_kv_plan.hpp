@@ -10,9 +10,9 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
-#include <initializer_list>
 
 #include "cuda/grid.hpp"
+#include "cuda/word_unit.hpp"
 #include "micache/backend/paged_kv.hpp"
 #include "micache/host_device.hpp"
 
@@ -20,14 +20,6 @@ namespace micache::cuda {
 
 /// Threads per paged_write / paged_gather block.
 inline constexpr unsigned kPagedBlockThreads = 256;
-
-/// The widest word (16, 8, 4, 2 or 1 bytes) dividing every one of `values`
-/// (byte sizes and addresses), so that every access of a kernel is aligned. O(count).
-inline std::size_t widest_unit(std::initializer_list<std::uintptr_t> values) {
-  std::uintptr_t bits = 16;
-  for (const std::uintptr_t value : values) bits |= value;
-  return static_cast<std::size_t>(bits & (~bits + 1));  // the lowest set bit, at most 16
-}
 
 /// The word size paged_write uses for `write`: dividing a row, the token
 /// stride of the inputs, and the addresses of the pages, keys and values.

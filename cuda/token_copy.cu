@@ -1,7 +1,9 @@
 #include <cstdint>
 
+#include "cuda/common.cuh"
 #include "cuda/kernels.hpp"
 #include "cuda/token_copy_plan.hpp"
+#include "cuda/word_unit.hpp"
 
 namespace micache::cuda {
 namespace {
@@ -27,15 +29,17 @@ __global__ void __launch_bounds__(kCopyBlockThreads)
 }
 
 template <class Unit>
-cudaError_t launch(TokenCopy copy, cudaStream_t stream) {
-  copy.src_start %= copy.src_capacity;
-  copy.dst_start %= copy.dst_capacity;
-  const CopyTokensLaunch plan = plan_copy_tokens(copy, copy.token_bytes / sizeof(Unit));
-  copy_tokens_kernel<Unit>
-      <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(copy,
-                                                                                                              plan);
-  return cudaGetLastError();
-}
+struct LaunchCopy {
+  static cudaError_t run(TokenCopy copy, cudaStream_t stream) {
+    copy.src_start %= copy.src_capacity;
+    copy.dst_start %= copy.dst_capacity;
+    const CopyTokensLaunch plan = plan_copy_tokens(copy, copy.token_bytes / sizeof(Unit));
+    copy_tokens_kernel<Unit>
+        <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(copy,
+                                                                                                                plan);
+    return cudaGetLastError();
+  }
+};
 
 }  // namespace
 
@@ -43,19 +47,11 @@ cudaError_t launch_copy_tokens(const TokenCopy& copy, cudaStream_t stream) {
   if (copy.buffers * copy.planes * copy.tokens * copy.token_bytes == 0) {
     return cudaSuccess;
   }
-  const auto fits = [&](std::size_t unit) {
-    bool aligned = copy.token_bytes % unit == 0;
-    for (std::size_t b = 0; b < copy.buffers; ++b) {
-      aligned = aligned && reinterpret_cast<std::uintptr_t>(copy.src[b]) % unit == 0 &&
-                reinterpret_cast<std::uintptr_t>(copy.dst[b]) % unit == 0;
-    }
-    return aligned;
-  };
-  if (fits(16)) return launch<uint4>(copy, stream);
-  if (fits(8)) return launch<uint2>(copy, stream);
-  if (fits(4)) return launch<unsigned>(copy, stream);
-  if (fits(2)) return launch<unsigned short>(copy, stream);
-  return launch<unsigned char>(copy, stream);
+  std::uintptr_t bits = copy.token_bytes;
+  for (std::size_t b = 0; b < copy.buffers; ++b) {
+    bits |= reinterpret_cast<std::uintptr_t>(copy.src[b]) | reinterpret_cast<std::uintptr_t>(copy.dst[b]);
+  }
+  return dispatch_word<LaunchCopy>(widest_unit_of_bits(bits), copy, stream);
 }
 
 }  // namespace micache::cuda

@@ -132,6 +132,9 @@ class Tensor {
       : storage_(std::move(storage)), shape_(std::move(shape)), dtype_(dtype), offset_(offset) {}
   void require_defined() const;
   void copy_to_host(void* dst) const;  // nbytes() bytes, any device
+  // The elements of an integer tensor of `dtype` (sizeof(T) bytes each); Config for any other dtype.
+  template <class T>
+  std::vector<T> integers_to_host(DType dtype) const;
 
   std::shared_ptr<detail::Storage> storage_;
   Shape shape_;

@@ -234,25 +234,20 @@ void Tensor::copy_to_host(void* dst) const {
   }
 }
 
-std::vector<std::int32_t> Tensor::to_host_i32() const {
+template <class T>
+std::vector<T> Tensor::integers_to_host(DType dtype) const {
   require_defined();
-  if (dtype_ != DType::I32) {
-    throw Error(ErrorCode::Config, fmt::format("to_host_i32 of a {} tensor", dtype_name(dtype_)));
+  if (dtype_ != dtype) {
+    throw Error(ErrorCode::Config, fmt::format("to_host_{} of a {} tensor", dtype_name(dtype), dtype_name(dtype_)));
   }
-  std::vector<std::int32_t> out(numel());
+  std::vector<T> out(numel());
   copy_to_host(out.data());
   return out;
 }
 
-std::vector<std::int64_t> Tensor::to_host_i64() const {
-  require_defined();
-  if (dtype_ != DType::I64) {
-    throw Error(ErrorCode::Config, fmt::format("to_host_i64 of a {} tensor", dtype_name(dtype_)));
-  }
-  std::vector<std::int64_t> out(numel());
-  copy_to_host(out.data());
-  return out;
-}
+std::vector<std::int32_t> Tensor::to_host_i32() const { return integers_to_host<std::int32_t>(DType::I32); }
+
+std::vector<std::int64_t> Tensor::to_host_i64() const { return integers_to_host<std::int64_t>(DType::I64); }
 
 std::vector<std::byte> Tensor::to_host_bytes() const {
   require_defined();
