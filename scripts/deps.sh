@@ -1,6 +1,6 @@
 # Sourced by the other scripts: installs the Debian packages micache builds
 # with, when any is missing (apt-get as root, or through sudo).
-micache_packages=(cmake g++ make libfmt-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev)
+micache_packages=(cmake g++ make libfmt-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev libxxhash-dev)
 
 ensure_deps() {
   local missing=()

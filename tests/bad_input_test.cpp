@@ -193,7 +193,7 @@ std::vector<Row> rows() {
          return ok("a plan");
        }},
       {"a step that does not fit", "`begin_step` of 5 tokens with 1 of 2 pages of 4 free",
-       "OutOfMemory: begin_step: needs 2 pages (0 copied on write), 1 free of 2",
+       "OutOfMemory: begin_step: needs 2 pages (0 copied on write), 1 free and 0 cached of 2",
        [] {
          PagedKvCache pool = paged_pool();
          paged_step(pool, 4);

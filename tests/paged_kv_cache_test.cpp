@@ -9,24 +9,11 @@
 #include <map>
 
 #include "fault_sweep.hpp"
+#include "paged_support.hpp"
 #include "test_support.hpp"
 
 namespace micache::testing {
 namespace {
-
-constexpr std::size_t kHeads = 2;
-constexpr std::size_t kDim = 4;
-
-PagedKvConfig small_config(std::size_t page_size, std::size_t num_pages, PagedLayout layout = PagedLayout::Nhd,
-                           DType dtype = DType::F32) {
-  return PagedKvConfig{.n_layers = 2,
-                       .kv_heads = kHeads,
-                       .head_dim = kDim,
-                       .page_size = page_size,
-                       .num_pages = num_pages,
-                       .dtype = dtype,
-                       .layout = layout};
-}
 
 // ---- the config (host only) ----
 
@@ -101,76 +88,7 @@ TEST(PagedKvConfig, PageIdsMustFitInt32) {
 
 // ---- the cache, once per backend ----
 
-class PagedKvCacheTest : public ::testing::TestWithParam<Device> {
- protected:
-  PagedKvCache make(std::size_t page_size, std::size_t num_pages, PagedLayout layout = PagedLayout::Nhd,
-                    DType dtype = DType::F32) const {
-    return PagedKvCache(small_config(page_size, num_pages, layout, dtype), GetParam());
-  }
-
-  static PagedStepPlan step(PagedKvCache& cache, std::vector<SequenceId> ids, std::vector<std::size_t> counts) {
-    return cache.begin_step(ids, counts);
-  }
-
-  // A new sequence holding `tokens` reserved slots.
-  static SequenceId sequence(PagedKvCache& cache, std::size_t tokens) {
-    const SequenceId id = cache.add_sequence();
-    step(cache, {id}, {tokens});
-    return id;
-  }
-
-  // `tokens` new tokens' keys or values, [tokens, kHeads, kDim], never zero.
-  static std::vector<float> data(std::size_t tokens, std::uint32_t seed) {
-    return random_values(tokens * kHeads * kDim, seed, 0.25f, 2.0f);
-  }
-
-  Tensor tensor(const std::vector<float>& values, DType dtype = DType::F32) const {
-    return Tensor::from_host(values, {values.size() / (kHeads * kDim), kHeads, kDim}, dtype, GetParam());
-  }
-
-  // Dense [1, kHeads, len, kDim] from token rows of kHeads * kDim values.
-  static std::vector<float> dense(const std::vector<std::vector<float>>& rows) {
-    std::vector<float> out;
-    for (std::size_t h = 0; h < kHeads; ++h) {
-      for (const std::vector<float>& row : rows)
-        out.insert(out.end(), row.begin() + h * kDim, row.begin() + (h + 1) * kDim);
-    }
-    return out;
-  }
-
-  // Writes `keys` (values: keys + 10) of the plan's tokens into every layer (layer l adds 100 * l).
-  void write_all(PagedKvCache& cache, const PagedStepPlan& plan, const std::vector<float>& keys,
-                 DType dtype = DType::F32) const {
-    for (std::size_t l = 0; l < 2; ++l) {
-      std::vector<float> k = keys, v = keys;
-      for (std::size_t i = 0; i < k.size(); ++i) {
-        k[i] += 100.0f * static_cast<float>(l);
-        v[i] += 100.0f * static_cast<float>(l) + 10.0f;
-      }
-      cache.write(l, plan, tensor(k, dtype), tensor(v, dtype));
-    }
-  }
-
-  // Everything a caller can observe of `cache` for sequences `ids`, as floats.
-  static std::vector<float> state(const PagedKvCache& cache, const std::vector<SequenceId>& ids) {
-    const PagedPoolStats s = cache.pool_stats();
-    std::vector<float> out{static_cast<float>(cache.num_sequences()), static_cast<float>(s.pages_used),
-                           static_cast<float>(s.pages_shared), static_cast<float>(s.tokens)};
-    for (const SequenceId id : ids) {
-      out.push_back(static_cast<float>(cache.length(id)));
-      for (const std::int32_t p : cache.pages_of(id)) out.push_back(static_cast<float>(p));
-      for (const std::size_t p : cache.positions(id)) out.push_back(static_cast<float>(p));
-      for (std::size_t l = 0; l < 2; ++l) {
-        const PagedKv kv = cache.gather(id, l);
-        for (const Tensor& t : {kv.keys, kv.values}) {
-          const std::vector<float> values = t.to_host_f32();
-          out.insert(out.end(), values.begin(), values.end());
-        }
-      }
-    }
-    return out;
-  }
-};
+class PagedKvCacheTest : public PagedCacheFixture {};
 
 TEST_P(PagedKvCacheTest, PagesAreAllocatedOnceAtConstructionAndAccounted) {
   Backend& backend = backend_for(GetParam());
@@ -234,12 +152,12 @@ TEST_P(PagedKvCacheTest, StepMetadataWithPageSize4MatchesHandComputedValues) {
   EXPECT_EQ(p.kv_last_page_len.to_host_i32(), (std::vector<std::int32_t>{1, 4}));
   EXPECT_EQ(p.qo_indptr.to_host_i32(), (std::vector<std::int32_t>{0, 1, 4}));
 
-  cache.release(c);  // pages 2, 3, 4 go back; the last returned is handed out first
+  cache.release(c);  // pages 4, 3, 2 go back, last page first; the last returned is handed out first
   p = step(cache, {a}, {5});
-  EXPECT_EQ(p.slot_mapping.to_host_i64(), (std::vector<std::int64_t>{16, 17, 18, 19, 12}));
-  EXPECT_EQ(p.kv_indices.to_host_i32(), (std::vector<std::int32_t>{0, 1, 4, 3}));
+  EXPECT_EQ(p.slot_mapping.to_host_i64(), (std::vector<std::int64_t>{8, 9, 10, 11, 12}));
+  EXPECT_EQ(p.kv_indices.to_host_i32(), (std::vector<std::int32_t>{0, 1, 2, 3}));
   EXPECT_EQ(p.kv_last_page_len.to_host_i32(), (std::vector<std::int32_t>{1}));
-  EXPECT_EQ(cache.pages_of(a), (std::vector<std::int32_t>{0, 1, 4, 3}));
+  EXPECT_EQ(cache.pages_of(a), (std::vector<std::int32_t>{0, 1, 2, 3}));
   EXPECT_EQ(cache.length(b), 0u);
 }
 
@@ -292,7 +210,7 @@ TEST_P(PagedKvCacheTest, StepThatDoesNotFitChangesNothingAndSaysOutOfMemory) {
       [&] {
         step(cache, {a, b}, {3, 1});
       },
-      ErrorCode::OutOfMemory, "begin_step: needs 2 pages (0 copied on write), 1 free of 4");
+      ErrorCode::OutOfMemory, "begin_step: needs 2 pages (0 copied on write), 1 free and 0 cached of 4");
   expect_error([&] { step(cache, {a}, {100}); }, ErrorCode::OutOfMemory,
                "begin_step: sequence 0 of 6 tokens cannot grow by 100 in a pool of 16 slots");
   expect_same_bits(state(cache, {a, b}), before);
@@ -433,7 +351,7 @@ TEST_P(PagedKvCacheTest, CopyOnWritePagesCountTowardsAStepThatDoesNotFit) {
   const SequenceId a = sequence(cache, 6);
   const SequenceId b = cache.fork(a);
   expect_error([&] { step(cache, {b}, {1}); }, ErrorCode::OutOfMemory,
-               "begin_step: needs 1 pages (1 copied on write), 0 free of 2");
+               "begin_step: needs 1 pages (1 copied on write), 0 free and 0 cached of 2");
   EXPECT_EQ(cache.pages_of(b), cache.pages_of(a));
   EXPECT_EQ(cache.length(b), 6u);
 }

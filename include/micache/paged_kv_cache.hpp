@@ -2,6 +2,7 @@
 // FlashInfer's single-tensor page layout).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -98,18 +99,39 @@ struct PagedKv {
   Tensor values;
 };
 
-/// The pool's counters. Pages: used + free = total; a page is shared when
-/// more than one sequence holds it. Tokens: slots filled or reserved in used
+/// The pool's counters. Pages: used + cached + free = total; a used page is
+/// held by one or more sequences, shared when by more than one; a cached
+/// page is held by none but keeps its tokens for a later prompt with the same
+/// prefix (the prefix cache). Tokens: slots filled or reserved in used
 /// pages, each stored token counted once (a shared page's tokens once).
 struct PagedPoolStats {
   std::size_t pages_total = 0;
   std::size_t pages_used = 0;
+  std::size_t pages_cached = 0;
   std::size_t pages_free = 0;
   std::size_t pages_shared = 0;
   std::size_t tokens = 0;
-  std::size_t bytes_total = 0;  ///< pages_total x page_bytes()
-  std::size_t bytes_used = 0;   ///< pages_used x page_bytes()
-  std::size_t bytes_free = 0;   ///< pages_free x page_bytes()
+  std::size_t bytes_total = 0;   ///< pages_total x page_bytes()
+  std::size_t bytes_used = 0;    ///< pages_used x page_bytes()
+  std::size_t bytes_cached = 0;  ///< pages_cached x page_bytes()
+  std::size_t bytes_free = 0;    ///< pages_free x page_bytes()
+};
+
+/// The prefix cache's counters since construction (vLLM's prefix-cache
+/// metrics): the hit rate is hit_tokens / lookup_tokens.
+struct PrefixCacheStats {
+  std::uint64_t lookup_tokens = 0;  ///< prompt tokens passed to add_sequence
+  std::uint64_t hit_tokens = 0;     ///< of them, found in cached or used pages
+  std::uint64_t hit_pages = 0;      ///< pages taken from the prefix cache by add_sequence
+  std::uint64_t evictions = 0;      ///< cached pages handed out again, their content forgotten
+  std::size_t named_pages = 0;      ///< pages that have a name now (used or cached)
+};
+
+/// What `add_sequence(prompt)` found: the new sequence and how many of the
+/// prompt's first tokens it already holds (a multiple of page_size).
+struct PrefixHit {
+  SequenceId id{};
+  std::size_t cached_tokens = 0;
 };
 
 /// One sequence's counters: its tokens, the pages it holds (shared ones
@@ -155,7 +177,12 @@ struct PagedSequenceStats {
 /// to the cache's device). Tensors passed in must be ready in that stream's
 /// order. No call waits for the device.
 ///
-/// Not yet (later slices): prefix caching, per-sequence eviction, hybrid layer
+/// Prefix caching: a full page is named by a hash chain over the token ids
+/// (see `add_sequence(prompt)`); a new prompt shares the longest named
+/// prefix; named pages no sequence holds stay cached until a step needs
+/// their space, least recently released first (vLLM's automatic prefix caching).
+///
+/// Not yet (later slices): per-sequence eviction, hybrid layer
 /// kinds, the device accounting kernel, files, device-resident page tables.
 ///
 /// Thread safety: const queries may run concurrently; mutation needs exclusive
@@ -185,14 +212,30 @@ class PagedKvCache {
   /// The layer's pages as the Backend's descriptor. Error: Hook as `pages`.
   PagedPages page_layout(std::size_t layer) const;
 
-  /// A new empty sequence. O(1).
+  /// A new empty sequence. O(1). Its pages are named as they fill when each
+  /// step gives its token ids (see begin_step), with salt 0.
   SequenceId add_sequence();
+  /// A new sequence holding the longest cached prefix of `prompt`: page by
+  /// page, the page named by the hash chain (parent page's name, `salt`,
+  /// the page's page_size token ids; XXH3-128) of the prompt's next full
+  /// page, used by another sequence or cached, is shared (reference count + 1;
+  /// a cached one becomes used), until the first page not found. At most
+  /// (prompt.size() - 1) / page_size pages are taken, so that at least one
+  /// prompt token is left to compute (its logits are the next token's).
+  /// `salt` (a LoRA or tenant id) is part of every name: prompts of different
+  /// salts share nothing. The caller then runs a step with the remaining
+  /// prompt.size() - cached_tokens tokens and their ids. Counts lookups and
+  /// hits in prefix_stats(). Copies nothing on the device.
+  /// Complexity: O(prompt.size()) hashing on the host, O(1) per page.
+  PrefixHit add_sequence(std::span<const std::int32_t> prompt, std::uint64_t salt = 0);
   /// A new sequence sharing every page of `id` (reference counts + 1), with
   /// its length and positions. Allocates no device memory. O(pages of id).
   /// Error: Hook `fork: unknown sequence 7 (never added, or released)`.
   SequenceId fork(SequenceId id);
-  /// Drops `id`; its pages whose reference count reaches 0 return to the pool.
-  /// O(pages of id). Error: Hook as `fork`.
+  /// Drops `id`; its pages whose reference count reaches 0 return to the
+  /// pool: named (full) ones to the prefix cache, newest last so that a
+  /// sequence's later pages are evicted before its earlier ones (as vLLM),
+  /// the others to the free list. O(pages of id). Error: Hook as `fork`.
   void release(SequenceId id);
 
   std::size_t num_sequences() const noexcept { return sequences_.size(); }
@@ -207,6 +250,8 @@ class PagedKvCache {
 
   /// Reserves slots for `new_tokens[i]` new tokens of sequence `ids[i]` (each
   /// id at most once; a count of 0 lists the sequence in the metadata only),
+  /// taking free pages first, then the least recently cached ones (evicting
+  /// their names),
   /// copies on write the partly filled last page of a listed shared sequence
   /// that gets new tokens (a fresh page; the page's bytes copied for every
   /// layer with Backend::copy_device_to_device; when every holder of that page
@@ -215,11 +260,12 @@ class PagedKvCache {
   /// Errors: Shape (`begin_step: 3 ids and 2 new token counts`), Hook (unknown
   /// id), Config (`begin_step: sequence 4 listed twice (entries 0 and 2)`;
   /// more than 2147483647 new tokens or pages: the metadata is int32),
-  /// OutOfMemory (`begin_step: needs 5 pages (1 copied on write), 3 free of 8`,
+  /// OutOfMemory (`begin_step: needs 5 pages (1 copied on write), 2 free and 1 cached of 8`,
   /// or the plan's buffer); on any error nothing changed for any sequence.
   /// Complexity: O(batch + pages of the listed sequences) on the host, one
   /// allocation, one host-to-device copy, n_layers device copies per page copied on write.
-  PagedStepPlan begin_step(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens);
+  PagedStepPlan begin_step(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens,
+                           std::span<const std::int32_t> token_ids = {});
 
   /// Writes the plan's new tokens into `layer`'s pages: token t of `keys`
   /// and `values` (each `[total_new, kv_heads, head_dim]`, the pages' dtype,
@@ -257,6 +303,8 @@ class PagedKvCache {
 
   /// The pool's counters, exact, on the host. O(1).
   PagedPoolStats pool_stats() const noexcept;
+  /// The prefix cache's counters. O(1).
+  PrefixCacheStats prefix_stats() const noexcept;
   /// The counters of `id`. O(1). Error: Hook as `fork`.
   PagedSequenceStats sequence_stats(SequenceId id) const;
   /// Bytes of the tokens held, over every layer: pool_stats().tokens x
@@ -272,13 +320,22 @@ class PagedKvCache {
     PositionRuns positions;
     std::size_t next_position = 0;
     std::uint64_t listed = 0;  // the begin_step call that last listed it (duplicate check)
+    // The prefix chain: whether its pages are still named as they fill, its
+    // salt, the name of its last full page (zero before the first), and the
+    // token ids of its partly filled last page.
+    bool naming = true;
+    std::uint64_t salt = 0;
+    std::array<std::uint64_t, 2> chain{};
+    std::vector<std::int32_t> tail_tokens;
   };
   struct StepEntry;
   struct Reservation;
 
   Sequence& sequence_or_throw(SequenceId id, const char* operation);
   const Sequence& sequence_or_throw(SequenceId id, const char* operation) const;
-  Reservation reserve(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens);
+  Reservation reserve(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens,
+                      std::span<const std::int32_t> token_ids);
+  void hash_new_pages(StepEntry& entry, std::span<const std::int32_t> tokens) const;
   void fill_metadata(const Reservation& reservation);
   PagedStepPlan upload_plan(const Reservation& reservation) const;
   void copy_on_write(const Reservation& reservation);
@@ -301,6 +358,9 @@ class PagedKvCache {
   std::uint64_t step_ = 0;          // successful begin_step calls
   std::uint64_t listing_ = 0;       // begin_step calls
   std::size_t tokens_ = 0;          // distinct tokens in used pages
+  std::uint64_t lookup_tokens_ = 0;
+  std::uint64_t hit_tokens_ = 0;
+  std::uint64_t hit_pages_ = 0;
   std::vector<std::byte> staging_;  // the host side of a plan's buffer, reused
 };
 

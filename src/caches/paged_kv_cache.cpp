@@ -10,6 +10,7 @@
 #include "micache/backend/backend.hpp"
 #include "micache/error.hpp"
 #include "micache/registry.hpp"
+#include "src/caches/page_hash.hpp"
 #include "src/caches/page_pool.hpp"
 #include "src/core/checks.hpp"
 
@@ -79,11 +80,36 @@ const PagedKvCache::Sequence& PagedKvCache::sequence_or_throw(SequenceId id, con
   return found->second;
 }
 
-SequenceId PagedKvCache::add_sequence() {
+SequenceId PagedKvCache::add_sequence() { return add_sequence(std::span<const std::int32_t>{}).id; }
+
+PrefixHit PagedKvCache::add_sequence(std::span<const std::int32_t> prompt, std::uint64_t salt) {
+  const std::size_t page_size = config_.page_size;
+  const std::size_t usable = prompt.empty() ? 0 : (prompt.size() - 1) / page_size;
+  Sequence s;
+  s.salt = salt;
+  detail::PageHash chain{};
+  for (std::size_t j = 0; j < usable; ++j) {
+    const detail::PageHash hash = detail::hash_page(chain, salt, prompt.subspan(j * page_size, page_size));
+    const std::int32_t page = pool_->find(hash);
+    if (page < 0) break;
+    s.pages.push_back(page);
+    chain = hash;
+  }
+  s.chain = {chain.low, chain.high};
+  s.length = s.pages.size() * page_size;
+  s.positions.append(0, s.length);
+  s.next_position = s.length;
   const SequenceId id{next_id_};
-  sequences_.emplace(id, Sequence{});
+  const Sequence& added = sequences_.emplace(id, std::move(s)).first->second;
   ++next_id_;
-  return id;
+  for (const std::int32_t page : added.pages) {
+    if (pool_->references(page) == 0) tokens_ += page_size;  // a cached page is used again
+    pool_->retain(page);
+  }
+  lookup_tokens_ += prompt.size();
+  hit_tokens_ += added.length;
+  hit_pages_ += added.pages.size();
+  return PrefixHit{.id = id, .cached_tokens = added.length};
 }
 
 SequenceId PagedKvCache::fork(SequenceId parent) {
@@ -100,7 +126,7 @@ void PagedKvCache::release(SequenceId id) {
   if (found == sequences_.end()) throw_unknown(id, "release");
   const Sequence& s = found->second;
   const std::size_t page_size = config_.page_size;
-  for (std::size_t i = 0; i < s.pages.size(); ++i) {
+  for (std::size_t i = s.pages.size(); i-- > 0;) {
     if (pool_->release(s.pages[i])) tokens_ -= std::min(page_size, s.length - i * page_size);
   }
   sequences_.erase(found);
@@ -137,12 +163,22 @@ PagedPoolStats PagedKvCache::pool_stats() const noexcept {
   const std::size_t page = page_bytes_;
   return PagedPoolStats{.pages_total = pool_->total(),
                         .pages_used = pool_->used(),
+                        .pages_cached = pool_->cached(),
                         .pages_free = pool_->free(),
                         .pages_shared = pool_->shared(),
                         .tokens = tokens_,
                         .bytes_total = pool_->total() * page,
                         .bytes_used = pool_->used() * page,
+                        .bytes_cached = pool_->cached() * page,
                         .bytes_free = pool_->free() * page};
+}
+
+PrefixCacheStats PagedKvCache::prefix_stats() const noexcept {
+  return PrefixCacheStats{.lookup_tokens = lookup_tokens_,
+                          .hit_tokens = hit_tokens_,
+                          .hit_pages = hit_pages_,
+                          .evictions = pool_->evictions(),
+                          .named_pages = pool_->names()};
 }
 
 PagedSequenceStats PagedKvCache::sequence_stats(SequenceId id) const {

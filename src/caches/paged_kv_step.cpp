@@ -8,6 +8,7 @@
 #include "micache/backend/backend.hpp"
 #include "micache/error.hpp"
 #include "micache/paged_kv_cache.hpp"
+#include "src/caches/page_hash.hpp"
 #include "src/caches/page_pool.hpp"
 #include "src/core/checks.hpp"
 
@@ -56,15 +57,19 @@ struct PagedKvCache::StepEntry {
   std::size_t new_tokens = 0;
   std::size_t old_pages = 0;    // pages before the step
   std::size_t pages = 0;        // pages after it
-  std::size_t first_fresh = 0;  // its first fresh page is the pool's peek(first_fresh)
+  std::size_t first_fresh = 0;  // its first fresh page is the reservation's fresh_pages[first_fresh]
   bool copy_on_write = false;   // its partly filled last page is shared: the first fresh page replaces it
   PositionRuns positions;       // its positions after the step, when appending would allocate; else empty
+  const std::int32_t* tokens = nullptr;  // its new tokens' ids, or none (the chain breaks)
+  std::vector<detail::PageHash> names;   // of the pages it fills, in order
+  std::vector<std::int32_t> tail_tokens;  // of its partly filled last page after the step
 
   std::size_t fresh() const noexcept { return pages - old_pages + (copy_on_write ? 1 : 0); }
 };
 
 struct PagedKvCache::Reservation {
   std::vector<StepEntry> entries;
+  std::vector<std::int32_t> fresh_pages;  // what the pool's next `fresh` allocations return
   std::size_t total_new = 0;
   std::size_t total_pages = 0;
   std::size_t fresh = 0;
@@ -75,7 +80,8 @@ struct PagedKvCache::Reservation {
 // duplicate-check marks. Copy on write follows each shared last page's
 // holders in id order: a writer copies while another holder keeps the page.
 PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
-                                                std::span<const std::size_t> new_tokens) {
+                                                std::span<const std::size_t> new_tokens,
+                                                std::span<const std::int32_t> token_ids) {
   if (ids.size() != new_tokens.size()) {
     throw Error(ErrorCode::Shape,
                 fmt::format("begin_step: {} ids and {} new token counts", ids.size(), new_tokens.size()));
@@ -124,11 +130,43 @@ PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
                               r.total_pages, detail::kInt32Max));
     }
   }
-  if (r.fresh > pool_->free()) {
-    throw Error(ErrorCode::OutOfMemory, fmt::format("begin_step: needs {} pages ({} copied on write), {} free of {}",
-                                                    r.fresh, r.copies, pool_->free(), pool_->total()));
+  if (!token_ids.empty() && token_ids.size() != r.total_new) {
+    throw Error(ErrorCode::Shape,
+                fmt::format("begin_step: {} token ids for {} new tokens", token_ids.size(), r.total_new));
+  }
+  if (r.fresh > pool_->available()) {
+    throw Error(ErrorCode::OutOfMemory,
+                fmt::format("begin_step: needs {} pages ({} copied on write), {} free and {} cached of {}", r.fresh,
+                            r.copies, pool_->free(), pool_->cached(), pool_->total()));
+  }
+  pool_->next_pages(r.fresh, r.fresh_pages);
+  std::size_t token = 0;
+  for (StepEntry& e : r.entries) {
+    if (!token_ids.empty() && e.new_tokens > 0 && e.sequence->naming) {
+      hash_new_pages(e, token_ids.subspan(token, e.new_tokens));
+    }
+    token += e.new_tokens;
   }
   return r;
+}
+
+// Names the pages a step fills for `e` (its partly filled last page's
+// tokens, then the new ones, page by page down the chain) and keeps the
+// tokens of its new partly filled last page, for commit to take.
+void PagedKvCache::hash_new_pages(StepEntry& e, std::span<const std::int32_t> tokens) const {
+  const Sequence& s = *e.sequence;
+  const std::size_t page_size = config_.page_size;
+  e.tokens = tokens.data();
+  std::vector<std::int32_t> page(s.tail_tokens);
+  detail::PageHash chain{.low = s.chain[0], .high = s.chain[1]};
+  for (const std::int32_t token : tokens) {
+    page.push_back(token);
+    if (page.size() < page_size) continue;
+    chain = detail::hash_page(chain, s.salt, page);
+    e.names.push_back(chain);
+    page.clear();
+  }
+  e.tail_tokens = std::move(page);
 }
 
 void PagedKvCache::fill_metadata(const Reservation& r) {
@@ -145,7 +183,7 @@ void PagedKvCache::fill_metadata(const Reservation& r) {
     const std::size_t cow = e.copy_on_write ? 1 : 0;
     const auto page_at = [&](std::size_t j) {
       if (j + cow < e.old_pages) return s.pages[j];
-      return j < e.old_pages ? pool_->peek(e.first_fresh) : pool_->peek(e.first_fresh + cow + j - e.old_pages);
+      return r.fresh_pages[j < e.old_pages ? e.first_fresh : e.first_fresh + cow + j - e.old_pages];
     };
     for (std::size_t j = 0; j < e.pages; ++j) store<std::int32_t>(out, l.indices, listed_pages + j, page_at(j));
     for (std::size_t t = s.length; t < s.length + e.new_tokens; ++t) {
@@ -186,7 +224,7 @@ void PagedKvCache::copy_on_write(const Reservation& r) {
   for (const StepEntry& e : r.entries) {
     if (!e.copy_on_write) continue;
     const auto source = static_cast<std::size_t>(e.sequence->pages.back());
-    const auto target = static_cast<std::size_t>(pool_->peek(e.first_fresh));
+    const auto target = static_cast<std::size_t>(r.fresh_pages[e.first_fresh]);
     for (const Tensor& layer : pages_) {
       auto* base = static_cast<std::byte*>(const_cast<void*>(layer.data()));
       backend_->copy_device_to_device(base + target * bytes, base + source * bytes, bytes, stream_);
@@ -194,9 +232,11 @@ void PagedKvCache::copy_on_write(const Reservation& r) {
   }
 }
 
-// Takes the fresh pages in the order they were peeked and advances every
-// listed sequence. Allocates nothing (page lists were reserved, positions
-// prepared where appending would allocate), so it cannot throw.
+// Takes the fresh pages in the order next_pages listed them, advances every
+// listed sequence, then names the pages the step fills (after every
+// allocation, so an eviction cannot forget a name given in this step).
+// Allocates nothing (page lists were reserved, positions and names
+// prepared), so it cannot throw.
 void PagedKvCache::commit(Reservation& r) noexcept {
   const std::size_t page_size = config_.page_size;
   for (StepEntry& e : r.entries) {
@@ -217,10 +257,23 @@ void PagedKvCache::commit(Reservation& r) noexcept {
     s.length += e.new_tokens;
     tokens_ += e.new_tokens;
   }
+  for (StepEntry& e : r.entries) {
+    Sequence& s = *e.sequence;
+    if (e.new_tokens == 0) continue;
+    if (e.tokens == nullptr) {
+      s.naming = false;
+      continue;
+    }
+    const std::size_t first = s.length / page_size - e.names.size();
+    for (std::size_t j = 0; j < e.names.size(); ++j) pool_->name(s.pages[first + j], e.names[j]);
+    if (!e.names.empty()) s.chain = {e.names.back().low, e.names.back().high};
+    s.tail_tokens.swap(e.tail_tokens);
+  }
 }
 
-PagedStepPlan PagedKvCache::begin_step(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens) {
-  Reservation r = reserve(ids, new_tokens);
+PagedStepPlan PagedKvCache::begin_step(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens,
+                                       std::span<const std::int32_t> token_ids) {
+  Reservation r = reserve(ids, new_tokens, token_ids);
   for (StepEntry& e : r.entries) {
     Sequence& s = *e.sequence;
     s.pages.reserve(e.pages);  // capacity only: commit's push_backs then cannot throw
