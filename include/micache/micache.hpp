@@ -17,6 +17,8 @@
 #include "micache/kv_cache.hpp"
 #include "micache/kv_cache_compressor.hpp"
 #include "micache/kv_cache_config.hpp"
+#include "micache/mla_kv_cache.hpp"
+#include "micache/model_kv_cache.hpp"
 #include "micache/multi_head_kv_cache.hpp"
 #include "micache/owned_stream.hpp"
 #include "micache/paged_kv_cache.hpp"
