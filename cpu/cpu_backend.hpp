@@ -1,8 +1,9 @@
 // CpuBackend: host memory and the reference kernels. Memory, copies and
 // streams are defined in cpu_backend.cpp; each kernel method in the file of its
 // operation (head_mean.cpp: head_mean and head_mean_column_sums; top_k.cpp;
-// convert.cpp; find_non_finite.cpp; token_copy.cpp; paged_kv.cpp: write and
-// gather; paged_attention.cpp: decode attention; compressed.cpp: encode,
+// convert.cpp; find_non_finite.cpp; token_copy.cpp; paged_kv.cpp: write,
+// gather and move; paged_tables.cpp: step build and accounting;
+// paged_attention.cpp: decode attention; compressed.cpp: encode,
 // score, attend and decode of records).
 #pragma once
 
@@ -49,6 +50,9 @@ class CpuBackend final : public Backend {
   void copy_tokens(const TokenCopy& copy, Stream stream) override;
   void paged_write(const PagedWrite& write, Stream stream) override;
   void paged_gather(const PagedGather& gather, Stream stream) override;
+  void paged_move(const PagedMove& move, Stream stream) override;
+  void paged_build_step(const PagedStepBuild& build, Stream stream) override;
+  void paged_accounting(const PagedAccounting& accounting, Stream stream) override;
   void paged_decode_attention(const PagedDecodeAttention& attention, Stream stream) override;
 
  protected:

@@ -1,4 +1,5 @@
 #include <cstring>
+#include <utility>
 
 #include "cpu/cpu_backend.hpp"
 
@@ -9,6 +10,28 @@ namespace {
 // and in the dense inputs and outputs: every copy below moves such a row.
 std::size_t row_bytes(const PagedPages& pages) { return pages.head_dim * dtype_size(pages.dtype); }
 
+// The loop of every paged copy: per kind (keys, then values), per head, per
+// token, `rows(kind, head, token)` gives the destination and source of the
+// row and the row's bytes are copied; a null destination skips the token.
+template <class Rows>
+void copy_rows(const PagedPages& pages, std::size_t tokens, Rows&& rows) {
+  const std::size_t bytes = row_bytes(pages);
+  for (std::size_t kind = 0; kind < 2; ++kind) {
+    for (std::size_t h = 0; h < pages.kv_heads; ++h) {
+      for (std::size_t t = 0; t < tokens; ++t) {
+        const std::pair<std::byte*, const std::byte*> row = rows(kind, h, t);
+        if (row.first != nullptr) std::memcpy(row.first, row.second, bytes);
+      }
+    }
+  }
+}
+
+// The byte of element 0 of row (kind, head) of slot `slot` (>= 0) of `pages`.
+std::size_t slot_byte(const PagedPages& pages, std::int64_t slot, std::size_t kind, std::size_t head) {
+  const auto s = static_cast<std::size_t>(slot);
+  return pages.element(s / pages.page_size, kind, s % pages.page_size, head, 0) * dtype_size(pages.dtype);
+}
+
 }  // namespace
 
 // Memory access: per token with a slot, per head, one row of its key and one
@@ -17,21 +40,14 @@ void CpuBackend::paged_write(const PagedWrite& write, Stream stream) {
   require_live(stream);
   const PagedPages& pages = write.pages;
   const std::size_t element_bytes = dtype_size(pages.dtype);
-  const std::size_t bytes = row_bytes(pages);
   auto* out = static_cast<std::byte*>(pages.data);
   const void* sources[2] = {write.keys, write.values};
-  for (std::size_t t = 0; t < write.tokens; ++t) {
+  copy_rows(pages, write.tokens, [&](std::size_t kind, std::size_t h, std::size_t t) {
     const std::int64_t slot = write.slot_mapping[t];
-    if (slot < 0) continue;
-    const std::size_t page = static_cast<std::size_t>(slot) / pages.page_size;
-    const std::size_t offset = static_cast<std::size_t>(slot) % pages.page_size;
-    for (std::size_t kind = 0; kind < 2; ++kind) {
-      const auto* in = static_cast<const std::byte*>(sources[kind]) + t * write.token_stride * element_bytes;
-      for (std::size_t h = 0; h < pages.kv_heads; ++h) {
-        std::memcpy(out + pages.element(page, kind, offset, h, 0) * element_bytes, in + h * bytes, bytes);
-      }
-    }
-  }
+    const auto* in = static_cast<const std::byte*>(sources[kind]) + t * write.token_stride * element_bytes;
+    return std::pair<std::byte*, const std::byte*>(slot < 0 ? nullptr : out + slot_byte(pages, slot, kind, h),
+                                                   in + h * row_bytes(pages));
+  });
 }
 
 // Memory access: per head, per token, one row of its key and one of its
@@ -39,20 +55,28 @@ void CpuBackend::paged_write(const PagedWrite& write, Stream stream) {
 void CpuBackend::paged_gather(const PagedGather& gather, Stream stream) {
   require_live(stream);
   const PagedPages& pages = gather.pages;
-  const std::size_t element_bytes = dtype_size(pages.dtype);
-  const std::size_t bytes = row_bytes(pages);
   const auto* in = static_cast<const std::byte*>(pages.data);
   void* targets[2] = {gather.keys, gather.values};
-  for (std::size_t kind = 0; kind < 2; ++kind) {
-    auto* out = static_cast<std::byte*>(targets[kind]);
-    for (std::size_t h = 0; h < pages.kv_heads; ++h) {
-      for (std::size_t t = 0; t < gather.tokens; ++t) {
-        const std::size_t page = static_cast<std::size_t>(gather.page_ids[t / pages.page_size]);
-        std::memcpy(out + (h * gather.tokens + t) * bytes,
-                    in + pages.element(page, kind, t % pages.page_size, h, 0) * element_bytes, bytes);
-      }
-    }
-  }
+  copy_rows(pages, gather.tokens, [&](std::size_t kind, std::size_t h, std::size_t t) {
+    const std::int64_t slot =
+        static_cast<std::int64_t>(gather.page_ids[t / pages.page_size]) * static_cast<std::int64_t>(pages.page_size) +
+        static_cast<std::int64_t>(t % pages.page_size);
+    return std::pair<std::byte*, const std::byte*>(
+        static_cast<std::byte*>(targets[kind]) + (h * gather.tokens + t) * row_bytes(pages),
+        in + slot_byte(pages, slot, kind, h));
+  });
+}
+
+// Memory access: per head, per token, one row of its key and one of its
+// value from the source slot's page to the destination slot's.
+void CpuBackend::paged_move(const PagedMove& move, Stream stream) {
+  require_live(stream);
+  const PagedPages& pages = move.pages;
+  auto* data = static_cast<std::byte*>(pages.data);
+  copy_rows(pages, move.tokens, [&](std::size_t kind, std::size_t h, std::size_t t) {
+    return std::pair<std::byte*, const std::byte*>(data + slot_byte(pages, move.dst_slots[t], kind, h),
+                                                   data + slot_byte(pages, move.src_slots[t], kind, h));
+  });
 }
 
 }  // namespace micache

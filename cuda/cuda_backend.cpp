@@ -280,6 +280,21 @@ class CudaBackend final : public Backend {
     launch("paged_gather kernel", [&] { return launch_paged_gather(gather, native(stream)); });
   }
 
+  void paged_move(const PagedMove& move, Stream stream) override {
+    const DeviceScope scope(index_);
+    launch("paged_move kernel", [&] { return launch_paged_move(move, native(stream)); });
+  }
+
+  void paged_build_step(const PagedStepBuild& build, Stream stream) override {
+    const DeviceScope scope(index_);
+    launch("paged_build_step kernel", [&] { return launch_paged_build_step(build, native(stream)); });
+  }
+
+  void paged_accounting(const PagedAccounting& accounting, Stream stream) override {
+    const DeviceScope scope(index_);
+    launch("paged_accounting kernel", [&] { return launch_paged_accounting(accounting, native(stream)); });
+  }
+
   void paged_decode_attention(const PagedDecodeAttention& attention, Stream stream) override {
     const DeviceScope scope(index_);
     launch("paged_decode_attention kernel", [&] { return launch_paged_decode_attention(attention, native(stream)); });

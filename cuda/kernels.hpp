@@ -14,6 +14,7 @@
 #include "micache/backend/head_mean_view.hpp"
 #include "micache/backend/paged_attention.hpp"
 #include "micache/backend/paged_kv.hpp"
+#include "micache/backend/paged_tables.hpp"
 #include "micache/backend/token_copy.hpp"
 #include "micache/dtype.hpp"
 
@@ -107,6 +108,17 @@ cudaError_t launch_paged_write(const PagedWrite& write, cudaStream_t stream);
 
 /// Backend::paged_gather on the device: one launch (none for 0 tokens).
 cudaError_t launch_paged_gather(const PagedGather& gather, cudaStream_t stream);
+
+/// Backend::paged_move on the device: one launch (none for 0 tokens).
+cudaError_t launch_paged_move(const PagedMove& move, cudaStream_t stream);
+
+/// Backend::paged_build_step on the device: one launch, a block per entry
+/// (none for an empty batch).
+cudaError_t launch_paged_build_step(const PagedStepBuild& build, cudaStream_t stream);
+
+/// Backend::paged_accounting on the device: one launch of one block; the
+/// scratch is the descriptor's.
+cudaError_t launch_paged_accounting(const PagedAccounting& accounting, cudaStream_t stream);
 
 /// Backend::paged_decode_attention on the device: one launch (none for an
 /// empty batch), no scratch (shared memory only), head_dim <= kPagedAttentionMaxHeadDim.

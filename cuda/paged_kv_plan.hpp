@@ -1,10 +1,12 @@
-// Private, host-safe (g++ and nvcc, C++17): how the paged_write and
-// paged_gather kernels split their work over blocks and threads. Both move
-// rows (head_dim elements of one head of one token, contiguous in the pages,
-// in the packed inputs and in the dense outputs) in words of `unit` bytes; the
-// kernels run `paged_write_thread` / `paged_gather_thread`, and tests run the
-// same functions for every block and thread of a launch on the host and check
-// that each destination word is written once, from the right source word.
+// Private, host-safe (g++ and nvcc, C++17): how the paged_write,
+// paged_gather and paged_move kernels split their work over blocks and
+// threads. All three move rows (head_dim elements of one head of one token,
+// contiguous in the pages, in the packed inputs and in the dense outputs) in
+// words of `unit` bytes through one loop (paged_rows_thread); the kernels run
+// `paged_write_thread` / `paged_gather_thread` / `paged_move_thread`, and
+// tests run the same functions for every block and thread of a launch on the
+// host and check that each destination word is written once, from the right
+// source word.
 #pragma once
 
 #include <algorithm>
@@ -14,11 +16,12 @@
 #include "cuda/grid.hpp"
 #include "cuda/word_unit.hpp"
 #include "micache/backend/paged_kv.hpp"
+#include "micache/backend/paged_tables.hpp"
 #include "micache/host_device.hpp"
 
 namespace micache::cuda {
 
-/// Threads per paged_write / paged_gather block.
+/// Threads per paged_write / paged_gather / paged_move block.
 inline constexpr unsigned kPagedBlockThreads = 256;
 
 /// The word size paged_write uses for `write`: dividing a row, the token
@@ -59,7 +62,7 @@ constexpr PageSplit plan_page_split(std::size_t page_size) {
   return split;
 }
 
-/// A paged_write or paged_gather launch: a 2-D block of `unit_threads` x
+/// A paged_write, paged_gather or paged_move launch: a 2-D block of `unit_threads` x
 /// `token_threads` threads (x walks a row's words, y walks tokens) and a grid
 /// of `token_blocks` x `pair_blocks` blocks (x over tiles of `token_threads`
 /// tokens, y over (kind, head) pairs: keys of heads 0..kv_heads-1, then
@@ -71,7 +74,7 @@ struct PagedLaunch {
   unsigned token_blocks = 1;
   unsigned pair_blocks = 1;
   std::size_t units = 1;        ///< words per row
-  std::size_t token_units = 0;  ///< words between consecutive tokens of a write's inputs (0 for a gather)
+  std::size_t token_units = 0;  ///< words between consecutive tokens of a write's inputs (0 for a gather or a move)
   PageSplit split;
 };
 
@@ -97,6 +100,37 @@ MICACHE_HOST_DEVICE constexpr PagedPages in_words(PagedPages pages, std::size_t 
   return pages;
 }
 
+/// The loop every paged copy runs: thread (tx, ty) of block (bx, by) of
+/// `launch` visits its (kind, head) pairs (kind 0 keys, 1 values) and its
+/// tokens below `tokens`; for each, `rows(kind, head, token, dst, src)` sets
+/// the word indices of the destination and source rows (returning false
+/// skips the token), then `move(kind, dst + w, src + w)` is called for each
+/// of the row's words w the thread copies.
+template <class Rows, class Move>
+MICACHE_HOST_DEVICE void paged_rows_thread(const PagedLaunch& launch, std::size_t tokens, std::size_t heads,
+                                           unsigned bx, unsigned by, unsigned tx, unsigned ty, Rows&& rows,
+                                           Move&& move) {
+  const std::size_t token_step = static_cast<std::size_t>(launch.token_blocks) * launch.token_threads;
+  for (std::size_t pair = by; pair < 2 * heads; pair += launch.pair_blocks) {
+    const std::size_t kind = pair < heads ? 0 : 1;
+    const std::size_t head = pair - kind * heads;
+    for (std::size_t token = static_cast<std::size_t>(bx) * launch.token_threads + ty; token < tokens;
+         token += token_step) {
+      std::size_t dst = 0;
+      std::size_t src = 0;
+      if (!rows(kind, head, token, dst, src)) continue;
+      for (std::size_t unit = tx; unit < launch.units; unit += launch.unit_threads) move(kind, dst + unit, src + unit);
+    }
+  }
+}
+
+/// The page word of element 0 of row (kind, head) of slot `slot` (>= 0).
+MICACHE_HOST_DEVICE constexpr std::size_t slot_row(const PagedPages& words, const PageSplit& split, std::int64_t slot,
+                                                   std::size_t kind, std::size_t head) {
+  const std::size_t page = split.page(static_cast<std::size_t>(slot));
+  return words.element(page, kind, static_cast<std::size_t>(slot) - page * split.page_size, head, 0);
+}
+
 /// The work of thread (tx, ty) of block (bx, by) of a paged_write: calls
 /// `move(kind, page_word, input_word)` for each word it copies (kind 0 from
 /// the keys, 1 from the values; word indices from the pages' and the inputs'
@@ -108,22 +142,16 @@ template <class Move>
 MICACHE_HOST_DEVICE void paged_write_thread(const PagedWrite& write, const PagedLaunch& launch, unsigned bx,
                                             unsigned by, unsigned tx, unsigned ty, Move&& move) {
   const PagedPages words = in_words(write.pages, launch.units);
-  const std::size_t heads = write.pages.kv_heads;
-  const std::size_t token_step = static_cast<std::size_t>(launch.token_blocks) * launch.token_threads;
-  for (std::size_t pair = by; pair < 2 * heads; pair += launch.pair_blocks) {
-    const std::size_t kind = pair < heads ? 0 : 1;
-    const std::size_t head = pair - kind * heads;
-    for (std::size_t token = static_cast<std::size_t>(bx) * launch.token_threads + ty; token < write.tokens;
-         token += token_step) {
-      const std::int64_t slot = write.slot_mapping[token];
-      if (slot < 0) continue;
-      const std::size_t page = launch.split.page(static_cast<std::size_t>(slot));
-      const std::size_t offset = static_cast<std::size_t>(slot) - page * launch.split.page_size;
-      const std::size_t dst = words.element(page, kind, offset, head, 0);
-      const std::size_t src = token * launch.token_units + head * launch.units;
-      for (std::size_t unit = tx; unit < launch.units; unit += launch.unit_threads) move(kind, dst + unit, src + unit);
-    }
-  }
+  paged_rows_thread(
+      launch, write.tokens, write.pages.kv_heads, bx, by, tx, ty,
+      [&](std::size_t kind, std::size_t head, std::size_t token, std::size_t& dst, std::size_t& src) {
+        const std::int64_t slot = write.slot_mapping[token];
+        if (slot < 0) return false;
+        dst = slot_row(words, launch.split, slot, kind, head);
+        src = token * launch.token_units + head * launch.units;
+        return true;
+      },
+      move);
 }
 
 /// The work of thread (tx, ty) of block (bx, by) of a paged_gather: calls
@@ -136,21 +164,42 @@ template <class Move>
 MICACHE_HOST_DEVICE void paged_gather_thread(const PagedGather& gather, const PagedLaunch& launch, unsigned bx,
                                              unsigned by, unsigned tx, unsigned ty, Move&& move) {
   const PagedPages words = in_words(gather.pages, launch.units);
-  const std::size_t heads = gather.pages.kv_heads;
-  const std::size_t token_step = static_cast<std::size_t>(launch.token_blocks) * launch.token_threads;
-  for (std::size_t pair = by; pair < 2 * heads; pair += launch.pair_blocks) {
-    const std::size_t kind = pair < heads ? 0 : 1;
-    const std::size_t head = pair - kind * heads;
-    for (std::size_t token = static_cast<std::size_t>(bx) * launch.token_threads + ty; token < gather.tokens;
-         token += token_step) {
-      const std::size_t entry = launch.split.page(token);
-      const std::size_t offset = token - entry * launch.split.page_size;
-      const auto page = static_cast<std::size_t>(gather.page_ids[entry]);
-      const std::size_t src = words.element(page, kind, offset, head, 0);
-      const std::size_t dst = (head * gather.tokens + token) * launch.units;
-      for (std::size_t unit = tx; unit < launch.units; unit += launch.unit_threads) move(kind, dst + unit, src + unit);
-    }
-  }
+  paged_rows_thread(
+      launch, gather.tokens, gather.pages.kv_heads, bx, by, tx, ty,
+      [&](std::size_t kind, std::size_t head, std::size_t token, std::size_t& dst, std::size_t& src) {
+        const std::size_t entry = launch.split.page(token);
+        const std::size_t offset = token - entry * launch.split.page_size;
+        const auto page = static_cast<std::size_t>(gather.page_ids[entry]);
+        src = words.element(page, kind, offset, head, 0);
+        dst = (head * gather.tokens + token) * launch.units;
+        return true;
+      },
+      move);
+}
+
+/// The word size paged_move uses for `move`: dividing a row and the pages' address.
+inline std::size_t paged_move_unit(const PagedMove& move) {
+  return widest_unit(
+      {move.pages.head_dim * dtype_size(move.pages.dtype), reinterpret_cast<std::uintptr_t>(move.pages.data)});
+}
+
+/// The work of thread (tx, ty) of block (bx, by) of a paged_move: calls
+/// `copy(kind, destination_word, source_word)` for each word it copies,
+/// both word indices from the pages' base.
+///
+/// Index arithmetic: as paged_write_thread's, twice per token (both slots).
+template <class Copy>
+MICACHE_HOST_DEVICE void paged_move_thread(const PagedMove& move, const PagedLaunch& launch, unsigned bx, unsigned by,
+                                           unsigned tx, unsigned ty, Copy&& copy) {
+  const PagedPages words = in_words(move.pages, launch.units);
+  paged_rows_thread(
+      launch, move.tokens, move.pages.kv_heads, bx, by, tx, ty,
+      [&](std::size_t kind, std::size_t head, std::size_t token, std::size_t& dst, std::size_t& src) {
+        dst = slot_row(words, launch.split, move.dst_slots[token], kind, head);
+        src = slot_row(words, launch.split, move.src_slots[token], kind, head);
+        return true;
+      },
+      copy);
 }
 
 }  // namespace micache::cuda

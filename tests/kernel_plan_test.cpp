@@ -21,6 +21,7 @@
 #include "cuda/fast_divmod.hpp"
 #include "cuda/grid.hpp"
 #include "cuda/paged_kv_plan.hpp"
+#include "cuda/paged_tables_plan.hpp"
 #include "cuda/radix_select.hpp"
 #include "cuda/record_plan.hpp"
 #include "cuda/row_split.hpp"
@@ -362,6 +363,304 @@ class PagedGatherPlan : public ::testing::TestWithParam<PagedPlanCase> {};
 TEST_P(PagedGatherPlan, WritesEveryOutputWordOnceFromItsTokensPage) { walk_paged_gather(GetParam()); }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PagedGatherPlan, ::testing::ValuesIn(paged_plan_cases()), paged_plan_name);
+
+// Runs paged_move_thread for every block and thread of the launch over a
+// pool of twice the case's pages, moving random source slots of its first
+// half to distinct shuffled destination slots of its second half, and
+// checks each destination word is written once, from the word of the same
+// kind, head and byte of its source slot, and no other page word is written.
+void walk_paged_move(const PagedPlanCase& c) {
+  const std::size_t element = dtype_size(c.dtype);
+  const std::size_t slots = 2 * c.num_pages * c.page_size;
+  std::vector<std::int64_t> src_slots, dst_slots(slots - slots / 2);
+  std::iota(dst_slots.begin(), dst_slots.end(), static_cast<std::int64_t>(slots / 2));
+  std::shuffle(dst_slots.begin(), dst_slots.end(), std::mt19937(13));
+  ASSERT_LE(c.tokens, dst_slots.size());
+  dst_slots.resize(c.tokens);
+  std::mt19937 rng(14);
+  for (std::size_t t = 0; t < c.tokens; ++t) src_slots.push_back(static_cast<std::int64_t>(rng() % (slots / 2)));
+  PagedMove move;
+  move.pages = plan_pages(c);
+  move.pages.data = reinterpret_cast<void*>((std::uintptr_t{1} << 20) + c.misalign);
+  move.pages.num_pages = 2 * c.num_pages;
+  move.src_slots = src_slots.data();
+  move.dst_slots = dst_slots.data();
+  move.tokens = c.tokens;
+  const std::size_t unit = cuda::paged_move_unit(move);
+  const cuda::PagedLaunch launch = capped(cuda::plan_paged(move.pages, c.tokens, 0, unit), c);
+  ASSERT_EQ(launch.units * unit, c.head_dim * element);
+
+  const std::size_t page_words = slots * 2 * c.kv_heads * c.head_dim * element / unit;
+  std::vector<std::int64_t> written(page_words, -1);
+  every_thread(launch, [&](unsigned bx, unsigned by, unsigned tx, unsigned ty) {
+    cuda::paged_move_thread(move, launch, bx, by, tx, ty, [&](std::size_t kind, std::size_t dst, std::size_t src) {
+      ASSERT_LT(kind, 2u);
+      ASSERT_LT(dst, page_words);
+      ASSERT_LT(src, page_words);
+      ASSERT_EQ(written[dst], -1) << "page word written twice";
+      written[dst] = static_cast<std::int64_t>(src);
+    });
+  });
+  std::size_t expected_words = 0;
+  for (std::size_t t = 0; t < c.tokens; ++t) {
+    for (std::size_t kind = 0; kind < 2; ++kind) {
+      for (std::size_t h = 0; h < c.kv_heads; ++h) {
+        for (std::size_t b = 0; b < c.head_dim * element; b += unit) {
+          const std::size_t dst = page_byte(c, static_cast<std::size_t>(dst_slots[t]), kind, h, b) / unit;
+          const std::size_t src = page_byte(c, static_cast<std::size_t>(src_slots[t]), kind, h, b) / unit;
+          ASSERT_EQ(written[dst], static_cast<std::int64_t>(src))
+              << "token " << t << " kind " << kind << " head " << h << " byte " << b;
+          ++expected_words;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(static_cast<std::size_t>(std::count_if(written.begin(), written.end(), [](auto w) { return w >= 0; })),
+            expected_words)
+      << "page words written outside the rows of the destination slots";
+}
+
+class PagedMovePlan : public ::testing::TestWithParam<PagedPlanCase> {};
+
+TEST_P(PagedMovePlan, WritesEveryWordOfEachDestinationSlotsRowsOnceFromItsSourceSlot) { walk_paged_move(GetParam()); }
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PagedMovePlan, ::testing::ValuesIn(paged_plan_cases()), paged_plan_name);
+
+// ---- paged_build_step and paged_accounting ----
+
+// Host page tables for the walks below: `rows` rows of `row_capacity`
+// random columns; the first `used` rows (in shuffled order) get lengths in
+// [0, max_length] and pages below num_pages, a third of them sharing their
+// first full page with the row before.
+struct PlanTables {
+  std::vector<std::int32_t> block_table, lengths, used_rows;
+  PagedTables shape;  ///< the sizes, without the pointers (a copy moves the vectors)
+
+  PlanTables(std::size_t rows, std::size_t row_capacity, std::size_t page_size, std::size_t used,
+             std::size_t max_length, std::size_t num_pages, std::uint32_t seed)
+      : shape{nullptr, nullptr, rows, row_capacity, page_size} {
+    std::mt19937 rng(seed);
+    block_table.resize(rows * row_capacity);
+    for (std::int32_t& id : block_table) id = static_cast<std::int32_t>(rng());
+    for (std::size_t r = 0; r < rows; ++r) lengths.push_back(static_cast<std::int32_t>(rng() % 1000));
+    std::vector<std::int32_t> order(rows);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    const PagedTables view = this->view();
+    for (std::size_t i = 0; i < used; ++i) {
+      const auto row = static_cast<std::size_t>(order[i]);
+      const std::size_t length = rng() % (max_length + 1);
+      lengths[row] = static_cast<std::int32_t>(length);
+      for (std::size_t j = 0; j < view.pages_of(length); ++j) {
+        view.page(row, j) = static_cast<std::int32_t>(rng() % num_pages);
+      }
+      const auto parent = i > 0 ? static_cast<std::size_t>(order[i - 1]) : row;
+      if (i % 3 == 1 && length >= page_size && static_cast<std::size_t>(lengths[parent]) >= page_size) {
+        view.page(row, 0) = view.page(parent, 0);
+      }
+      used_rows.push_back(order[i]);
+    }
+  }
+  PagedTables view() {
+    PagedTables view = shape;
+    view.block_table = block_table.data();
+    view.lengths = lengths.data();
+    return view;
+  }
+};
+
+// A step over the used rows of `tables`: each entry grows by up to
+// 2 * page_size tokens, its new columns (and every other entry's last
+// column) updated to fresh pages, in shuffled order.
+struct PlanStep {
+  std::vector<std::int32_t> lengths, fresh, update_indptr{0}, update_cols, update_pages;
+  std::size_t total_new = 0, total_pages = 0;
+
+  PlanStep(const PlanTables& tables, std::size_t num_pages, std::uint32_t seed) {
+    std::mt19937 rng(seed);
+    const PagedTables& t = tables.shape;
+    for (std::size_t b = 0; b < tables.used_rows.size(); ++b) {
+      const auto old_length = static_cast<std::size_t>(tables.lengths[static_cast<std::size_t>(tables.used_rows[b])]);
+      const std::size_t length = std::min(old_length + rng() % (2 * t.page_size + 1), t.row_capacity * t.page_size);
+      std::vector<std::int32_t> columns;
+      for (std::size_t j = t.pages_of(old_length); j < t.pages_of(length); ++j) {
+        columns.push_back(static_cast<std::int32_t>(j));
+      }
+      if (b % 2 == 1 && old_length > 0) columns.push_back(static_cast<std::int32_t>(t.pages_of(old_length) - 1));
+      std::shuffle(columns.begin(), columns.end(), rng);
+      for (const std::int32_t column : columns) {
+        update_cols.push_back(column);
+        update_pages.push_back(static_cast<std::int32_t>(rng() % num_pages));
+      }
+      update_indptr.push_back(static_cast<std::int32_t>(update_cols.size()));
+      lengths.push_back(static_cast<std::int32_t>(length));
+      fresh.push_back(static_cast<std::int32_t>(length - old_length));
+      total_new += length - old_length;
+      total_pages += t.pages_of(length);
+    }
+  }
+};
+
+// The step's outputs, in host memory, initialised to -7 (no answer).
+struct PlanStepOutputs {
+  std::vector<std::int64_t> slot_mapping;
+  std::vector<std::int32_t> kv_indptr, kv_indices, kv_last_page_len, qo_indptr;
+
+  explicit PlanStepOutputs(const PlanStep& step)
+      : slot_mapping(step.total_new, -7),
+        kv_indptr(step.lengths.size() + 1, -7),
+        kv_indices(step.total_pages, -7),
+        kv_last_page_len(step.lengths.size(), -7),
+        qo_indptr(step.lengths.size() + 1, -7) {}
+
+  PagedStepBuild describe(PagedTables tables, const std::vector<std::int32_t>& rows, const PlanStep& step) {
+    PagedStepBuild build;
+    build.tables = tables;
+    build.batch = rows.size();
+    build.entry_rows = rows.data();
+    build.entry_lengths = step.lengths.data();
+    build.entry_new = step.fresh.data();
+    build.update_indptr = step.update_indptr.data();
+    build.update_cols = step.update_cols.data();
+    build.update_pages = step.update_pages.data();
+    build.slot_mapping = slot_mapping.data();
+    build.kv_indptr = kv_indptr.data();
+    build.kv_indices = kv_indices.data();
+    build.kv_last_page_len = kv_last_page_len.data();
+    build.qo_indptr = qo_indptr.data();
+    return build;
+  }
+};
+
+struct PagedTablesPlanCase {
+  const char* name;
+  std::size_t page_size, rows, used, row_capacity, num_pages;
+  unsigned blocks_cap;  // paged_build_step blocks; 0 = the launcher's plan
+};
+
+std::string paged_tables_plan_name(const ::testing::TestParamInfo<PagedTablesPlanCase>& param) {
+  return param.param.name;
+}
+
+std::vector<PagedTablesPlanCase> paged_tables_plan_cases() {
+  return {
+      {"one_entry_page_16", 16, 3, 1, 8, 50, 0},
+      {"page_size_1", 1, 40, 30, 40, 100, 0},
+      {"page_size_16_many_entries", 16, 1200, 1100, 6, 3000, 0},
+      {"grid_stride_over_entries", 16, 300, 260, 6, 500, 7},
+      {"rows_longer_than_a_block_and_a_warp", 1, 4, 3, 2000, 4000, 0},
+      {"no_entries", 16, 5, 0, 4, 10, 0},
+  };
+}
+
+class PagedStepBuildPlan : public ::testing::TestWithParam<PagedTablesPlanCase> {};
+
+// Runs each block's phases as paged_step_kernel does (every thread's part of
+// the offsets, summed; every thread's updates; every thread's writes) for
+// every block of the launch, and checks the tables and outputs are
+// CpuBackend's.
+TEST_P(PagedStepBuildPlan, EveryBlocksThreadsBuildTheCpusTablesAndMetadata) {
+  const PagedTablesPlanCase& c = GetParam();
+  const PlanTables before(c.rows, c.row_capacity, c.page_size, c.used, c.row_capacity * c.page_size - 2 * c.page_size,
+                          c.num_pages, 21);
+  const PlanStep step(before, c.num_pages, 22);
+  PlanTables walked = before;
+  PlanTables cpu = before;
+  PlanStepOutputs walked_out(step), cpu_out(step);
+  const PagedStepBuild walk = walked_out.describe(walked.view(), before.used_rows, step);
+  backend_for(Device::cpu()).paged_build_step(cpu_out.describe(cpu.view(), before.used_rows, step), Stream{});
+
+  if (walk.batch > 0) {
+    cuda::PagedStepLaunch launch = cuda::plan_paged_step(walk);
+    if (c.blocks_cap != 0) launch.blocks = std::min(launch.blocks, c.blocks_cap);
+    constexpr unsigned threads = cuda::kPagedStepThreads;
+    for (unsigned block = 0; block < launch.blocks; ++block) {
+      for (std::size_t b = block; b < walk.batch; b += launch.blocks) {
+        cuda::PagedStepOffsets offsets;
+        for (unsigned tid = 0; tid < threads; ++tid) {
+          const cuda::PagedStepOffsets part = cuda::paged_step_offsets_thread(walk, launch.split, b, tid, threads);
+          offsets.pages += part.pages;
+          offsets.tokens += part.tokens;
+        }
+        for (unsigned tid = 0; tid < threads; ++tid) cuda::paged_step_update_thread(walk, b, tid, threads);
+        for (unsigned tid = 0; tid < threads; ++tid) {
+          cuda::paged_step_write_thread(walk, launch.split, b, offsets, tid, threads);
+        }
+      }
+    }
+  }
+  EXPECT_EQ(walked.block_table, cpu.block_table);
+  EXPECT_EQ(walked.lengths, cpu.lengths);
+  EXPECT_EQ(walked_out.slot_mapping, cpu_out.slot_mapping);
+  EXPECT_EQ(walked_out.kv_indptr, cpu_out.kv_indptr);
+  EXPECT_EQ(walked_out.kv_indices, cpu_out.kv_indices);
+  EXPECT_EQ(walked_out.kv_last_page_len, cpu_out.kv_last_page_len);
+  EXPECT_EQ(walked_out.qo_indptr, cpu_out.qo_indptr);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PagedStepBuildPlan, ::testing::ValuesIn(paged_tables_plan_cases()),
+                         paged_tables_plan_name);
+
+class PagedAccountingPlan : public ::testing::TestWithParam<PagedTablesPlanCase> {};
+
+// Runs paged_accounting_kernel's phases for every thread of its one block
+// (per-sequence rows and zeroing; counting by every lane of every warp;
+// every thread's pool sums, added) and checks the outputs are CpuBackend's.
+TEST_P(PagedAccountingPlan, EveryThreadOfTheBlockCountsTheCpusTotals) {
+  const PagedTablesPlanCase& c = GetParam();
+  PlanTables tables(c.rows, c.row_capacity, c.page_size, c.used, c.row_capacity * c.page_size, c.num_pages, 23);
+  std::vector<std::int32_t> asked(c.rows);
+  std::iota(asked.begin(), asked.end(), 0);
+  const auto run = [&](std::vector<std::int64_t>& per_sequence, std::vector<std::int64_t>& pool,
+                       std::vector<std::uint32_t>& scratch) {
+    PagedAccounting accounting;
+    accounting.tables = tables.view();
+    accounting.num_pages = c.num_pages;
+    accounting.page_bytes = 12345;
+    accounting.rows = asked.data();
+    accounting.batch = asked.size();
+    accounting.live_rows = tables.used_rows.data();
+    accounting.live = tables.used_rows.size();
+    accounting.page_refs = scratch.data();
+    accounting.page_fill = scratch.data() + c.num_pages;
+    accounting.per_sequence = per_sequence.data();
+    accounting.pool = pool.data();
+    return accounting;
+  };
+  std::vector<std::int64_t> walked_rows(4 * c.rows, -7), cpu_rows(4 * c.rows, -7), walked_pool(4, -7), cpu_pool(4, -7);
+  std::vector<std::uint32_t> walked_scratch(2 * c.num_pages, 77), cpu_scratch(2 * c.num_pages, 77);
+  backend_for(Device::cpu()).paged_accounting(run(cpu_rows, cpu_pool, cpu_scratch), Stream{});
+
+  const PagedAccounting walk = run(walked_rows, walked_pool, walked_scratch);
+  constexpr unsigned threads = cuda::kPagedAccountingThreads;
+  constexpr unsigned warps = threads / cuda::kPagedWarpLanes;
+  for (unsigned tid = 0; tid < threads; ++tid) {
+    cuda::paged_accounting_sequence_thread(walk, tid, threads);
+    cuda::paged_accounting_zero_thread(walk, tid, threads);
+  }
+  for (unsigned tid = 0; tid < threads; ++tid) {
+    cuda::paged_accounting_count_thread(walk, tid / cuda::kPagedWarpLanes, warps, tid % cuda::kPagedWarpLanes,
+                                        [&](std::size_t page, std::uint32_t fill) {
+                                          ASSERT_LT(page, c.num_pages);
+                                          ++walk.page_refs[page];
+                                          walk.page_fill[page] = std::max(walk.page_fill[page], fill);
+                                        });
+  }
+  cuda::PagedPoolSums sums;
+  for (unsigned tid = 0; tid < threads; ++tid) {
+    const cuda::PagedPoolSums part = cuda::paged_accounting_pool_thread(walk, tid, threads);
+    sums.referenced += part.referenced;
+    sums.shared += part.shared;
+    sums.tokens += part.tokens;
+  }
+  cuda::paged_accounting_store_pool(walk, sums);
+  EXPECT_EQ(walked_rows, cpu_rows);
+  EXPECT_EQ(walked_pool, cpu_pool);
+  EXPECT_EQ(walked_scratch, cpu_scratch) << "the scratch's references and fills";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, PagedAccountingPlan, ::testing::ValuesIn(paged_tables_plan_cases()),
+                         paged_tables_plan_name);
 
 TEST(PagedPlan, WordsAreTheWidestThatRowsStridesAndAddressesAllow) {
   EXPECT_EQ(cuda::widest_unit({256, 0x1000}), 16u);

@@ -11,6 +11,7 @@
 #include "micache/backend/head_mean_view.hpp"
 #include "micache/backend/paged_attention.hpp"
 #include "micache/backend/paged_kv.hpp"
+#include "micache/backend/paged_tables.hpp"
 #include "micache/backend/token_copy.hpp"
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
@@ -175,6 +176,29 @@ class Backend {
   /// Gathers one sequence's tokens from its pages into dense keys and values
   /// (see PagedGather). One launch on CUDA.
   virtual void paged_gather(const PagedGather& gather, Stream stream) = 0;
+
+  /// Moves tokens between page slots, keys and values of every head (see
+  /// PagedMove): the compaction of a paged cache. One launch on CUDA, no
+  /// allocation, no synchronisation: capturable in a CUDA graph.
+  virtual void paged_move(const PagedMove& move, Stream stream) = 0;
+
+  /// Applies a step's page-table updates to the resident tables and builds
+  /// its slot mapping and FlashInfer metadata from them (see PagedStepBuild).
+  /// One launch on CUDA (none for an empty batch): a block per entry, which
+  /// sums the pages and new tokens of the entries before it itself, so
+  /// O(batch^2) reads of entry lengths in all (from cache; a batch of a few
+  /// thousand is cheap) and O((batch + the entry's updates, pages and new
+  /// tokens) / threads) steps per block. No allocation, no
+  /// synchronisation: capturable in a CUDA graph.
+  virtual void paged_build_step(const PagedStepBuild& build, Stream stream) = 0;
+
+  /// Per-sequence and pool accounting from the resident tables (see
+  /// PagedAccounting), exactly the host counters. One launch on CUDA, one
+  /// block: O((num_pages + batch) / threads + live / warps * (1 + the
+  /// longest live row's pages / 32)) steps, O(num_pages + pages of the live
+  /// rows + batch) work. No allocation (the scratch is the caller's), no
+  /// synchronisation: capturable in a CUDA graph.
+  virtual void paged_accounting(const PagedAccounting& accounting, Stream stream) = 0;
 
   /// Decode attention of a batch of requests over their pages, reading
   /// FlashInfer's paged metadata (see PagedDecodeAttention: shapes, GQA, the
