@@ -95,7 +95,8 @@ TEST_P(PagedKvCacheTest, PagesAreAllocatedOnceAtConstructionAndAccounted) {
   const std::size_t before = backend.memory_stats().in_use;
   PagedKvCache cache = make(4, 8);
   const std::size_t page_tensor = 8 * 2 * 4 * kHeads * kDim * sizeof(float);
-  EXPECT_EQ(cache.memory_reserved(), 2 * page_tensor);
+  EXPECT_EQ(cache.config().table_bytes(), 1024u * (8 + 1) * 4);  // 1024 rows of 8 page ids and a length
+  EXPECT_EQ(cache.memory_reserved(), 2 * page_tensor + cache.config().table_bytes());
   EXPECT_EQ(backend.memory_stats().in_use - before, cache.memory_reserved());
   const SequenceId a = sequence(cache, 13);
   { const PagedStepPlan plan = step(cache, {a}, {3}); }
@@ -190,8 +191,10 @@ TEST_P(PagedKvCacheTest, StepArraysAreViewsOfOneAccountedDeviceBuffer) {
   Backend& backend = backend_for(GetParam());
   const std::size_t before = backend.memory_stats().in_use;
   PagedStepPlan p = step(cache, {a}, {6});
-  // slot_mapping 48 bytes, then four 16-byte-aligned int32 arrays: 8 + 8 + 4 + 8 bytes.
-  EXPECT_EQ(backend.memory_stats().in_use - before, 48u + 16 + 16 + 16 + 8);
+  // The outputs: slot_mapping 48 bytes, then four 16-byte-aligned int32
+  // arrays, 8 + 8 + 4 + 8 bytes; then the inputs: row, length and new count
+  // (4 each), update_indptr (8), the 2 updates' columns and pages (8 each).
+  EXPECT_EQ(backend.memory_stats().in_use - before, 48u + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 8);
   const auto* base = static_cast<const std::byte*>(p.slot_mapping.data());
   EXPECT_EQ(static_cast<const std::byte*>(p.kv_indptr.data()) - base, 48);
   EXPECT_EQ(static_cast<const std::byte*>(p.qo_indptr.data()) - base, 96);
@@ -388,11 +391,12 @@ TEST_P(PagedKvCacheTest, SequenceStatsCountTokensPagesAndBytes) {
   EXPECT_EQ(s.tokens, 9u);
   EXPECT_EQ(s.pages, 3u);
   EXPECT_EQ(s.bytes, 3 * cache.config().page_bytes());
+  EXPECT_EQ(s.slack, 3u);
   const PagedPoolStats pool = cache.pool_stats();
   EXPECT_EQ(pool.pages_total, 8u);
   EXPECT_EQ(pool.bytes_used, 3 * cache.config().page_bytes());
   EXPECT_EQ(pool.bytes_free + pool.bytes_used, pool.bytes_total);
-  EXPECT_EQ(pool.bytes_total, cache.memory_reserved());
+  EXPECT_EQ(pool.bytes_total + cache.config().table_bytes(), cache.memory_reserved());
   EXPECT_EQ(cache.memory_usage(), 9 * cache.config().bytes_per_token());
 }
 
@@ -645,13 +649,13 @@ TEST_P(PagedKvCacheTest, FailedAllocationsInBeginStepAndForkChangeNothing) {
 TEST_P(PagedKvCacheTest, FailedConstructionLeaksNothing) {
   Backend& backend = backend_for(GetParam());
   const std::size_t in_use = backend.memory_stats().in_use;
-  for (std::size_t n = 1; n <= 2; ++n) {  // one page tensor per layer
+  for (std::size_t n = 1; n <= 3; ++n) {  // one page tensor per layer, then the page tables
     backend.fail_allocation_after(n);
     EXPECT_THROW(make(4, 8), Error);
     backend.fail_allocation_after(0);
     EXPECT_EQ(backend.memory_stats().in_use, in_use);
   }
-  backend.fail_allocation_after(3);
+  backend.fail_allocation_after(4);
   EXPECT_NO_THROW(make(4, 8));
   backend.fail_allocation_after(0);
 }

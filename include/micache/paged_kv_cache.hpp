@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "micache/backend/paged_kv.hpp"
+#include "micache/backend/paged_tables.hpp"
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
 #include "micache/position_runs.hpp"
@@ -20,6 +21,7 @@
 namespace micache {
 
 class Backend;
+class KeptTokens;
 namespace detail {
 class PagePool;
 }
@@ -37,6 +39,14 @@ struct PagedKvConfig {
   std::size_t max_bytes = 0;   ///< byte budget for every layer's pages: num_pages = max_bytes / page_bytes()
   DType dtype = DType::BF16;   ///< F32, F16 or BF16
   PagedLayout layout = PagedLayout::Nhd;
+  /// Rows of the device page tables: the most sequences alive at once.
+  std::size_t max_sequences = 1024;
+  /// The most tokens one sequence may hold; 0: every slot of the pool
+  /// (pages() x page_size), at most kDefaultMaxSequenceLen.
+  std::size_t max_sequence_len = 0;
+
+  /// The tokens of `max_sequence_len` when it is 0.
+  static constexpr std::size_t kDefaultMaxSequenceLen = std::size_t{1} << 17;
 
   /// Checks every field, then the byte counts. Errors, all Config and in this order:
   /// - `PagedKvConfig.n_layers must be >= 1, got 0` (kv_heads, head_dim alike);
@@ -45,7 +55,10 @@ struct PagedKvConfig {
   /// - `PagedKvConfig: set num_pages or max_bytes, got neither` (or `got both (num_pages=8, max_bytes=4096)`);
   /// - the overflow errors of `bytes_per_token`, `page_bytes` and `reserved_bytes`;
   /// - `PagedKvConfig.max_bytes 100 is below one page (512 bytes)`;
-  /// - `PagedKvConfig.num_pages must be <= 2147483647 (kv_indices are int32), got N` (also when derived).
+  /// - `PagedKvConfig.num_pages must be <= 2147483647 (kv_indices are int32), got N` (also when derived);
+  /// - `PagedKvConfig.max_sequences must be in 1..=2147483647, got 0`;
+  /// - `PagedKvConfig.max_sequence_len must be <= 2147483647 (lengths are int32), got N`;
+  /// - the overflow error of `table_bytes`.
   void validate() const;
 
   /// Bytes of one token's keys and values over every layer:
@@ -57,6 +70,14 @@ struct PagedKvConfig {
   std::size_t pages() const;
   /// Bytes of the whole pool: pages() x page_bytes(). Error: Config on overflow.
   std::size_t reserved_bytes() const;
+  /// The most tokens one sequence may hold: max_sequence_len, or its default.
+  std::size_t sequence_len() const;
+  /// Columns of a page-table row: ceil(sequence_len() / page_size), the most pages one sequence may hold.
+  std::size_t row_capacity() const;
+  /// Bytes of the device page tables: max_sequences x (row_capacity() + 1)
+  /// x 4 (each row's page ids and its length; 1024 x 8193 x 4 = 32 MiB at the
+  /// defaults with page 16 and a pool of at least 2^17 slots). Error: Config on overflow.
+  std::size_t table_bytes() const;
 };
 
 /// A sequence of a PagedKvCache. Ids are handed out in increasing order and
@@ -65,9 +86,9 @@ enum class SequenceId : std::uint64_t {};
 
 /// What one `begin_step` reserved, as the device arrays of vLLM and FlashInfer.
 /// Every array is a device tensor on the cache's device and stream; all five
-/// are views into one packed buffer that crossed to the device in one
-/// host-to-device copy (accounted once, in memory_stats), kept alive by any of
-/// them. They describe the step's `batch` sequences in the order of its ids:
+/// are views into one packed buffer (accounted once, in memory_stats) that
+/// the step's build launch wrote from the device page tables, kept alive by
+/// any of them. They describe the step's `batch` sequences in the order of its ids:
 /// - `slot_mapping` I64 `[total_new]`: the slot (page * page_size + offset)
 ///   of each new token, in the order of the ids, then of the tokens;
 /// - `kv_indptr` I32 `[batch + 1]`, `kv_indices` I32 `[sum of pages]`,
@@ -135,11 +156,24 @@ struct PrefixHit {
 };
 
 /// One sequence's counters: its tokens, the pages it holds (shared ones
-/// included) and their bytes over every layer (pages x page_bytes()).
+/// included), their bytes over every layer (pages x page_bytes()) and the
+/// empty slots of its pages (pages x page_size - tokens).
 struct PagedSequenceStats {
   std::size_t tokens = 0;
   std::size_t pages = 0;
   std::size_t bytes = 0;
+  std::size_t slack = 0;
+};
+
+/// The accounting kernel's answer (PagedKvCache::device_accounting): int64
+/// device tensors, views of one buffer.
+/// - `per_sequence` `[batch, 4]`: each asked sequence's (tokens, pages,
+///   bytes, slack), as PagedSequenceStats;
+/// - `pool` `[4]`: (pages used, pages shared, tokens, bytes used), as
+///   PagedPoolStats' pages_used, pages_shared, tokens and bytes_used.
+struct PagedDeviceAccounting {
+  Tensor per_sequence;
+  Tensor pool;
 };
 
 /// The serving cache: the keys and values of many sequences that start, grow,
@@ -164,10 +198,17 @@ struct PagedSequenceStats {
 /// sequence's new tokens, all or nothing, and returns a PagedStepPlan; then per
 /// layer `write(layer, plan, keys, values)` puts the new tokens in their slots
 /// (one Backend::paged_write, no allocation, no synchronisation), and the
-/// attention reads the pages through the plan's FlashInfer metadata. In this
-/// slice the metadata is built on the host (O(pages of the listed sequences))
-/// and crosses in one host-to-device copy; a later slice keeps the page tables
-/// resident on the device and builds the metadata there in one launch.
+/// attention reads the pages through the plan's FlashInfer metadata.
+///
+/// Device page tables: each live sequence has a row of a resident block
+/// table (`block_table()`, `[max_sequences, row_capacity]` int32) and a
+/// length. A step sends only what changed, each listed sequence's row,
+/// length and new token count and the ids of its new pages, in one
+/// host-to-device copy, and one Backend::paged_build_step launch applies them
+/// and builds the plan's metadata there; fork, prefix hits and evictions
+/// copy the changed part of a row when they happen. Host work per step:
+/// O(batch + new pages). The accounting kernel (`device_accounting`) reads
+/// the same tables.
 ///
 /// Errors: an unknown or released id is Hook, naming it; every mutator
 /// validates first and changes nothing when it throws (OutOfMemory included).
@@ -182,8 +223,7 @@ struct PagedSequenceStats {
 /// prefix; named pages no sequence holds stay cached until a step needs
 /// their space, least recently released first (vLLM's automatic prefix caching).
 ///
-/// Not yet (later slices): per-sequence eviction, hybrid layer
-/// kinds, the device accounting kernel, files, device-resident page tables.
+/// Not yet (later slices): hybrid layer kinds, files.
 ///
 /// Thread safety: const queries may run concurrently; mutation needs exclusive
 /// access. Move-only: the pages and their bookkeeping are one; a moved-from
@@ -212,7 +252,9 @@ class PagedKvCache {
   /// The layer's pages as the Backend's descriptor. Error: Hook as `pages`.
   PagedPages page_layout(std::size_t layer) const;
 
-  /// A new empty sequence. O(1). Its pages are named as they fill when each
+  /// A new empty sequence, with a row of the page tables. O(1). Error:
+  /// OutOfMemory (`add_sequence: 1024 sequences alive, the most the page
+  /// tables hold (max_sequences)`). Its pages are named as they fill when each
   /// step gives its token ids (see begin_step), with salt 0.
   SequenceId add_sequence();
   /// A new sequence holding the longest cached prefix of `prompt`: page by
@@ -244,8 +286,8 @@ class PagedKvCache {
   /// Page ids of `id`, in token order: token t is in page t / page_size at
   /// offset t % page_size. Error: Hook as `fork`.
   std::vector<std::int32_t> pages_of(SequenceId id) const;
-  /// Original position of every token of `id`, oldest first (0..length-1: no
-  /// eviction yet). Error: Hook as `fork`.
+  /// Original position of every token of `id`, oldest first (0..length-1
+  /// until an eviction drops some). Error: Hook as `fork`.
   std::vector<std::size_t> positions(SequenceId id) const;
 
   /// Reserves slots for `new_tokens[i]` new tokens of sequence `ids[i]` (each
@@ -262,8 +304,12 @@ class PagedKvCache {
   /// more than 2147483647 new tokens or pages: the metadata is int32),
   /// OutOfMemory (`begin_step: needs 5 pages (1 copied on write), 2 free and 1 cached of 8`,
   /// or the plan's buffer); on any error nothing changed for any sequence.
-  /// Complexity: O(batch + pages of the listed sequences) on the host, one
-  /// allocation, one host-to-device copy, n_layers device copies per page copied on write.
+  /// Errors also Config (`begin_step: sequence 2 of 30 tokens cannot grow by
+  /// 3: at most 32 tokens (max_sequence_len)`).
+  /// Complexity: O(batch + fresh pages) on the host (+ O(new tokens) hashing
+  /// with token ids), one allocation, one host-to-device copy of 16 x batch
+  /// + 4 + 8 x fresh pages bytes, one Backend::paged_build_step launch,
+  /// n_layers device copies per page copied on write.
   PagedStepPlan begin_step(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens,
                            std::span<const std::int32_t> token_ids = {});
 
@@ -301,8 +347,60 @@ class PagedKvCache {
   Tensor decode_attention(std::size_t layer, const PagedStepPlan& plan, const Tensor& queries,
                           float scale = 0.0f) const;
 
+  /// The accounting kernel (Backend::paged_accounting): the counters of the
+  /// sequences `ids` and of the pool, computed on the device from the
+  /// resident page tables alone, equal to sequence_stats and pool_stats
+  /// (the tests check it after every kind of operation). One allocation,
+  /// one host-to-device copy of the ids' rows and the live rows, one launch;
+  /// no synchronisation. Errors: Hook (unknown id), OutOfMemory.
+  PagedDeviceAccounting device_accounting(std::span<const SequenceId> ids) const;
+
+  /// The device page tables' block table, int32 `[max_sequences,
+  /// row_capacity]` (a view of the cache's storage, vLLM's block_tables):
+  /// row `row_of(id)` holds the page ids of `id` in token order, its first
+  /// ceil(length / page_size) columns meaningful; kept up to date in stream
+  /// order by every mutator (the rows of a step by its build launch).
+  Tensor block_table() const;
+  /// The page-table row of `id`. O(1). Error: Hook as `fork`.
+  std::size_t row_of(SequenceId id) const;
+
   /// The pool's counters, exact, on the host. O(1).
   PagedPoolStats pool_stats() const noexcept;
+  /// Per-sequence eviction: each keeps the tokens its policy (eviction.hpp)
+  /// names, in order, packed from the sequence's first slot so that the
+  /// FlashInfer metadata of later steps describes them. Page by page: a new
+  /// page whose tokens are one old page's first tokens in order is that old
+  /// page, kept as it is (shared and named ones included, so dropping whole
+  /// pages moves no byte); the other kept tokens move on the device into
+  /// fresh pages (one upload of their slots, one Backend::paged_move per
+  /// layer); old pages that keep no token go back to the pool (named ones
+  /// to the prefix cache). The sequence's later pages are no longer named
+  /// (its tokens are no longer a prompt's prefix). `positions(id)` gives each
+  /// kept token's original position; kept keys keep the rotation they were
+  /// stored with. Invalidates the current step plan (its pages changed).
+  /// Return false, changing nothing, when every token is kept.
+  /// Errors: Hook (unknown id); OutOfMemory (`trim_to: sequence 3 needs 2
+  /// fresh pages to compact into, 1 free and 0 cached of 8`, or the slot
+  /// list); on any error nothing changed.
+  /// Complexity: O(length of id) on the host; bytes moved: the moved
+  /// tokens' keys and values in every layer (at most one page's worth for a
+  /// suffix, none when it starts on a page boundary).
+
+  /// Keeps the last `max_tokens` tokens of `id` (eviction::last).
+  bool trim_to(SequenceId id, std::size_t max_tokens);
+  /// StreamingLLM: keeps the first `sinks` and the last `window` tokens of
+  /// `id` (eviction::sinks_and_window).
+  bool evict_to_window(SequenceId id, std::size_t sinks, std::size_t window);
+  /// H2O: keeps the last `window` tokens of `id` and the `heavy` older ones
+  /// with the largest `scores` (eviction::heavy_hitters; ranked on the device
+  /// by Backend::top_k_head_mean, only the chosen indices come back: the one
+  /// wait). `scores` `[length(id)]`, F32, F16 or BF16 on the cache's device,
+  /// ranks the tokens in cache order, one ranking for every layer (a page
+  /// holds the same tokens in every layer). Ties keep the older token; NaN
+  /// ranks below every number. Errors also Shape (`evict_heavy_hitters:
+  /// scores must be [12], got [2, 12]`), Config (dtype, undefined), Device.
+  bool evict_heavy_hitters(SequenceId id, const Tensor& scores, std::size_t heavy, std::size_t window);
+
   /// The prefix cache's counters. O(1).
   PrefixCacheStats prefix_stats() const noexcept;
   /// The counters of `id`. O(1). Error: Hook as `fork`.
@@ -310,7 +408,8 @@ class PagedKvCache {
   /// Bytes of the tokens held, over every layer: pool_stats().tokens x
   /// bytes_per_token() (as KVCache's: excludes the free slots of used pages).
   std::size_t memory_usage() const noexcept;
-  /// Bytes of the page tensors (the whole pool, allocated at construction).
+  /// Bytes the cache holds on the device, all allocated at construction: the
+  /// page tensors (the whole pool) and the page tables (config().table_bytes()).
   std::size_t memory_reserved() const noexcept;
 
  private:
@@ -327,20 +426,27 @@ class PagedKvCache {
     std::uint64_t salt = 0;
     std::array<std::uint64_t, 2> chain{};
     std::vector<std::int32_t> tail_tokens;
+    std::int32_t row = -1;  // of the device page tables
   };
   struct StepEntry;
   struct Reservation;
+  struct Compaction;
 
   Sequence& sequence_or_throw(SequenceId id, const char* operation);
   const Sequence& sequence_or_throw(SequenceId id, const char* operation) const;
   Reservation reserve(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens,
                       std::span<const std::int32_t> token_ids);
   void hash_new_pages(StepEntry& entry, std::span<const std::int32_t> tokens) const;
-  void fill_metadata(const Reservation& reservation);
-  PagedStepPlan upload_plan(const Reservation& reservation) const;
+  void fill_inputs(const Reservation& reservation);
+  PagedStepPlan build_plan(const Reservation& reservation);
   void copy_on_write(const Reservation& reservation);
   void commit(Reservation& reservation) noexcept;
   void check_plan(const PagedStepPlan& plan) const;
+  PagedTables tables() const noexcept;
+  SequenceId adopt(Sequence&& s, const char* operation);
+  void upload_row(const Sequence& s, std::size_t first_column);
+  Compaction plan_compaction(const Sequence& s, const KeptTokens& kept) const;
+  bool compact(SequenceId id, const KeptTokens& kept, const char* operation);
   void check_tokens(const Tensor& tensor, std::size_t tokens, const char* what) const;
 
   PagedKvConfig config_;
@@ -351,6 +457,10 @@ class PagedKvCache {
   std::size_t token_bytes_ = 0;  // config_.bytes_per_token()
   std::size_t page_bytes_ = 0;   // config_.page_bytes()
   std::vector<Tensor> pages_;    // per layer
+  std::size_t sequence_len_ = 0;  // config_.sequence_len()
+  std::size_t row_capacity_ = 0;  // config_.row_capacity()
+  Tensor tables_;                 // I32: the block table [max_sequences, row_capacity_], then the row lengths
+  std::vector<std::int32_t> free_rows_;  // a stack: back() is the next row handed out
   std::unique_ptr<detail::PagePool> pool_;
   std::unordered_map<SequenceId, Sequence> sequences_;
   std::uint64_t next_id_ = 0;
@@ -361,7 +471,7 @@ class PagedKvCache {
   std::uint64_t lookup_tokens_ = 0;
   std::uint64_t hit_tokens_ = 0;
   std::uint64_t hit_pages_ = 0;
-  std::vector<std::byte> staging_;  // the host side of a plan's buffer, reused
+  std::vector<std::byte> staging_;  // the host side of a plan's inputs, reused
 };
 
 }  // namespace micache

@@ -43,7 +43,12 @@ PagedKvCache::PagedKvCache(const PagedKvConfig& config, Device device, Stream st
   for (std::size_t l = 0; l < config_.n_layers; ++l) {
     pages.push_back(Tensor::empty(page_tensor_shape(config_, num_pages_), config_.dtype, device, stream));
   }
+  sequence_len_ = config_.sequence_len();
+  row_capacity_ = config_.row_capacity();
+  tables_ = Tensor::empty({config_.table_bytes() / 4}, DType::I32, device, stream);
   pool_ = std::make_unique<detail::PagePool>(num_pages_);
+  free_rows_.reserve(config_.max_sequences);
+  for (std::size_t r = config_.max_sequences; r > 0; --r) free_rows_.push_back(static_cast<std::int32_t>(r - 1));
   pages_ = std::move(pages);
   serial_ = next_serial.fetch_add(1, std::memory_order_relaxed);
 }
@@ -84,7 +89,7 @@ SequenceId PagedKvCache::add_sequence() { return add_sequence(std::span<const st
 
 PrefixHit PagedKvCache::add_sequence(std::span<const std::int32_t> prompt, std::uint64_t salt) {
   const std::size_t page_size = config_.page_size;
-  const std::size_t usable = prompt.empty() ? 0 : (prompt.size() - 1) / page_size;
+  const std::size_t usable = std::min(prompt.empty() ? 0 : (prompt.size() - 1) / page_size, row_capacity_);
   Sequence s;
   s.salt = salt;
   detail::PageHash chain{};
@@ -99,9 +104,8 @@ PrefixHit PagedKvCache::add_sequence(std::span<const std::int32_t> prompt, std::
   s.length = s.pages.size() * page_size;
   s.positions.append(0, s.length);
   s.next_position = s.length;
-  const SequenceId id{next_id_};
-  const Sequence& added = sequences_.emplace(id, std::move(s)).first->second;
-  ++next_id_;
+  const SequenceId id = adopt(std::move(s), "add_sequence");
+  const Sequence& added = sequences_.at(id);
   for (const std::int32_t page : added.pages) {
     if (pool_->references(page) == 0) tokens_ += page_size;  // a cached page is used again
     pool_->retain(page);
@@ -113,12 +117,61 @@ PrefixHit PagedKvCache::add_sequence(std::span<const std::int32_t> prompt, std::
 }
 
 SequenceId PagedKvCache::fork(SequenceId parent) {
-  const Sequence& source = sequence_or_throw(parent, "fork");
-  const SequenceId id{next_id_};
-  const Sequence& child = sequences_.emplace(id, source).first->second;
-  ++next_id_;
-  for (const std::int32_t page : child.pages) pool_->retain(page);
+  Sequence child = sequence_or_throw(parent, "fork");
+  const SequenceId id = adopt(std::move(child), "fork");
+  for (const std::int32_t page : sequences_.at(id).pages) pool_->retain(page);
   return id;
+}
+
+// Gives `s` the next id and a page-table row, and sends the row its pages
+// and length. Error: OutOfMemory when every row is taken (nothing changed).
+SequenceId PagedKvCache::adopt(Sequence&& s, const char* operation) {
+  if (free_rows_.empty()) {
+    throw Error(ErrorCode::OutOfMemory,
+                fmt::format("{}: {} sequences alive, the most the page tables hold (max_sequences)", operation,
+                            sequences_.size()));
+  }
+  s.row = free_rows_.back();
+  const SequenceId id{next_id_};
+  const Sequence& added = sequences_.emplace(id, std::move(s)).first->second;
+  free_rows_.pop_back();
+  ++next_id_;
+  upload_row(added, 0);
+  return id;
+}
+
+PagedTables PagedKvCache::tables() const noexcept {
+  auto* base = static_cast<std::int32_t*>(const_cast<void*>(tables_.data()));
+  return PagedTables{.block_table = base,
+                     .lengths = base + config_.max_sequences * row_capacity_,
+                     .rows = config_.max_sequences,
+                     .row_capacity = row_capacity_,
+                     .page_size = config_.page_size};
+}
+
+// Sends columns [first_column, pages) of `s`'s row and its length to the
+// device page tables, in stream order (two host-to-device copies; the
+// host's data may change once they return).
+void PagedKvCache::upload_row(const Sequence& s, std::size_t first_column) {
+  const PagedTables t = tables();
+  const auto row = static_cast<std::size_t>(s.row);
+  if (first_column < s.pages.size()) {
+    backend_->copy_host_to_device(&t.page(row, first_column), s.pages.data() + first_column,
+                                  4 * (s.pages.size() - first_column), stream_);
+  }
+  const auto length = static_cast<std::int32_t>(s.length);
+  backend_->copy_host_to_device(t.lengths + row, &length, 4, stream_);
+}
+
+Tensor PagedKvCache::block_table() const {
+  auto* base = const_cast<void*>(tables_.data());
+  return Tensor::wrap(
+      base, {config_.max_sequences, row_capacity_}, DType::I32, device_, [keep = tables_] { static_cast<void>(keep); },
+      stream_);
+}
+
+std::size_t PagedKvCache::row_of(SequenceId id) const {
+  return static_cast<std::size_t>(sequence_or_throw(id, "row_of").row);
 }
 
 void PagedKvCache::release(SequenceId id) {
@@ -129,6 +182,7 @@ void PagedKvCache::release(SequenceId id) {
   for (std::size_t i = s.pages.size(); i-- > 0;) {
     if (pool_->release(s.pages[i])) tokens_ -= std::min(page_size, s.length - i * page_size);
   }
+  free_rows_.push_back(s.row);  // within the capacity reserved at construction
   sequences_.erase(found);
 }
 
@@ -183,11 +237,14 @@ PrefixCacheStats PagedKvCache::prefix_stats() const noexcept {
 
 PagedSequenceStats PagedKvCache::sequence_stats(SequenceId id) const {
   const Sequence& s = sequence_or_throw(id, "sequence_stats");
-  return PagedSequenceStats{.tokens = s.length, .pages = s.pages.size(), .bytes = s.pages.size() * page_bytes_};
+  return PagedSequenceStats{.tokens = s.length,
+                            .pages = s.pages.size(),
+                            .bytes = s.pages.size() * page_bytes_,
+                            .slack = s.pages.size() * config_.page_size - s.length};
 }
 
 std::size_t PagedKvCache::memory_usage() const noexcept { return tokens_ * token_bytes_; }
 
-std::size_t PagedKvCache::memory_reserved() const noexcept { return num_pages_ * page_bytes_; }
+std::size_t PagedKvCache::memory_reserved() const noexcept { return num_pages_ * page_bytes_ + tables_.nbytes(); }
 
 }  // namespace micache

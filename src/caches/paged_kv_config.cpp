@@ -1,6 +1,7 @@
 // PagedKvConfig: field checks, overflow-safe byte counts, the pool size from a byte budget.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <limits>
 #include <string>
 
@@ -63,6 +64,25 @@ std::size_t PagedKvConfig::reserved_bytes() const {
   return page * count;
 }
 
+std::size_t PagedKvConfig::sequence_len() const {
+  if (max_sequence_len != 0) return max_sequence_len;
+  const std::size_t count = pages();
+  const std::size_t slots = overflows(count, page_size) ? kSizeMax : count * page_size;
+  return std::min(slots, kDefaultMaxSequenceLen);
+}
+
+std::size_t PagedKvConfig::row_capacity() const { return (sequence_len() + page_size - 1) / page_size; }
+
+std::size_t PagedKvConfig::table_bytes() const {
+  const std::size_t columns = row_capacity() + 1;  // the block table's row, and the row's length
+  if (overflows(columns, max_sequences) || overflows(columns * max_sequences, 4)) {
+    throw Error(ErrorCode::Config,
+                fmt::format("PagedKvConfig: table_bytes (max_sequences {} x (row_capacity {} + 1) x 4) overflows size_t",
+                            max_sequences, row_capacity()));
+  }
+  return 4 * columns * max_sequences;
+}
+
 void PagedKvConfig::validate() const {
   require_positive(n_layers, "n_layers");
   require_positive(kv_heads, "kv_heads");
@@ -93,6 +113,15 @@ void PagedKvConfig::validate() const {
                                                detail::kInt32Max, pages()));
   }
   static_cast<void>(reserved_bytes());
+  if (max_sequences == 0 || max_sequences > detail::kInt32Max) {
+    throw Error(ErrorCode::Config, fmt::format("PagedKvConfig.max_sequences must be in 1..={}, got {}",
+                                               detail::kInt32Max, max_sequences));
+  }
+  if (max_sequence_len > detail::kInt32Max) {
+    throw Error(ErrorCode::Config, fmt::format("PagedKvConfig.max_sequence_len must be <= {} (lengths are int32), got {}",
+                                               detail::kInt32Max, max_sequence_len));
+  }
+  static_cast<void>(table_bytes());
 }
 
 }  // namespace micache

@@ -1,6 +1,7 @@
 // PagedKvCache's step: begin_step (validate, count, build the metadata, copy on write, commit) and write.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 #include <unordered_map>
 #include <utility>
@@ -19,21 +20,33 @@ std::size_t layer_page_bytes(const PagedKvConfig& c) {
   return 2 * c.page_size * c.kv_heads * c.head_dim * dtype_size(c.dtype);
 }
 
-// Where each array of a plan sits in its packed buffer: slot_mapping (I64)
-// first, then the I32 arrays, each starting on a 16-byte boundary.
+// Where each array of a plan sits in its packed device buffer: the outputs
+// of the build launch, slot_mapping (I64) first, then the I32 metadata; then
+// its I32 inputs, the only part that crosses from the host: the entries'
+// rows, lengths after the step, new token counts, the updates' indptr, their
+// columns and their pages. Each array starts on a 16-byte boundary.
 struct MetadataLayout {
-  std::size_t indptr = 0, indices = 0, last = 0, qo = 0, bytes = 0;
+  std::size_t indptr = 0, indices = 0, last = 0, qo = 0;
+  std::size_t inputs = 0, rows = 0, lengths = 0, counts = 0, update_indptr = 0, columns = 0, pages = 0, bytes = 0;
 };
 
 std::size_t aligned(std::size_t bytes) { return (bytes + 15) & ~std::size_t{15}; }
 
-MetadataLayout metadata_layout(std::size_t batch, std::size_t total_new, std::size_t total_pages) {
+MetadataLayout metadata_layout(std::size_t batch, std::size_t total_new, std::size_t total_pages,
+                               std::size_t updates) {
   MetadataLayout l;
   l.indptr = aligned(8 * total_new);
   l.indices = aligned(l.indptr + 4 * (batch + 1));
   l.last = aligned(l.indices + 4 * total_pages);
   l.qo = aligned(l.last + 4 * batch);
-  l.bytes = l.qo + 4 * (batch + 1);
+  l.inputs = aligned(l.qo + 4 * (batch + 1));
+  l.rows = 0;  // offsets of the inputs are from l.inputs
+  l.lengths = aligned(4 * batch);
+  l.counts = aligned(l.lengths + 4 * batch);
+  l.update_indptr = aligned(l.counts + 4 * batch);
+  l.columns = aligned(l.update_indptr + 4 * (batch + 1));
+  l.pages = aligned(l.columns + 4 * updates);
+  l.bytes = l.inputs + l.pages + 4 * updates;
   return l;
 }
 
@@ -65,6 +78,7 @@ struct PagedKvCache::StepEntry {
   std::vector<std::int32_t> tail_tokens;  // of its partly filled last page after the step
 
   std::size_t fresh() const noexcept { return pages - old_pages + (copy_on_write ? 1 : 0); }
+  std::size_t updates() const noexcept { return fresh(); }  // page-table columns the step changes
 };
 
 struct PagedKvCache::Reservation {
@@ -74,6 +88,7 @@ struct PagedKvCache::Reservation {
   std::size_t total_pages = 0;
   std::size_t fresh = 0;
   std::size_t copies = 0;
+  std::size_t updates = 0;
 };
 
 // Validates a step and counts what it needs; changes nothing but the
@@ -114,6 +129,12 @@ PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
     }
     e.old_pages = s.pages.size();
     e.pages = (s.length + e.new_tokens + page_size - 1) / page_size;
+    if (e.new_tokens > sequence_len_ - std::min(s.length, sequence_len_)) {
+      throw Error(ErrorCode::Config,
+                  fmt::format("begin_step: sequence {} of {} tokens cannot grow by {}: at most {} tokens "
+                              "(max_sequence_len)",
+                              static_cast<std::uint64_t>(e.id), s.length, e.new_tokens, sequence_len_));
+    }
     if (e.new_tokens > 0 && s.length % page_size != 0 && pool_->references(s.pages.back()) > 1) {
       std::uint32_t& left = holders_left.try_emplace(s.pages.back(), pool_->references(s.pages.back())).first->second;
       e.copy_on_write = left > 1;
@@ -121,6 +142,7 @@ PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
     }
     e.first_fresh = r.fresh;
     r.fresh += e.fresh();
+    r.updates += e.updates();
     r.copies += e.copy_on_write ? 1 : 0;
     r.total_new += e.new_tokens;
     r.total_pages += e.pages;
@@ -169,42 +191,61 @@ void PagedKvCache::hash_new_pages(StepEntry& e, std::span<const std::int32_t> to
   e.tail_tokens = std::move(page);
 }
 
-void PagedKvCache::fill_metadata(const Reservation& r) {
-  const MetadataLayout l = metadata_layout(r.entries.size(), r.total_new, r.total_pages);
-  if (staging_.size() < l.bytes) staging_.resize(l.bytes);
-  std::byte* out = staging_.data();
-  const std::size_t page_size = config_.page_size;
-  std::size_t token = 0, listed_pages = 0, queries = 0;
-  store<std::int32_t>(out, l.indptr, 0, 0);
-  store<std::int32_t>(out, l.qo, 0, 0);
+// Writes the step's inputs into the staging buffer: per entry its row,
+// length after the step and new token count, and the page-table columns it
+// changes (the copy-on-write replacement of its last page, then its new
+// pages). O(batch + fresh pages).
+void PagedKvCache::fill_inputs(const Reservation& r) {
+  const MetadataLayout l = metadata_layout(r.entries.size(), r.total_new, r.total_pages, r.updates);
+  const std::size_t bytes = l.bytes - l.inputs;
+  if (staging_.size() < bytes) staging_.resize(bytes);
+  std::byte* in = staging_.data();
+  std::size_t update = 0;
+  store<std::int32_t>(in, l.update_indptr, 0, 0);
   for (std::size_t i = 0; i < r.entries.size(); ++i) {
     const StepEntry& e = r.entries[i];
     const Sequence& s = *e.sequence;
-    const std::size_t cow = e.copy_on_write ? 1 : 0;
-    const auto page_at = [&](std::size_t j) {
-      if (j + cow < e.old_pages) return s.pages[j];
-      return r.fresh_pages[j < e.old_pages ? e.first_fresh : e.first_fresh + cow + j - e.old_pages];
-    };
-    for (std::size_t j = 0; j < e.pages; ++j) store<std::int32_t>(out, l.indices, listed_pages + j, page_at(j));
-    for (std::size_t t = s.length; t < s.length + e.new_tokens; ++t) {
-      const auto slot =
-          static_cast<std::int64_t>(static_cast<std::size_t>(page_at(t / page_size)) * page_size + t % page_size);
-      store<std::int64_t>(out, 0, token++, slot);
+    store(in, l.rows, i, s.row);
+    store(in, l.lengths, i, static_cast<std::int32_t>(s.length + e.new_tokens));
+    store(in, l.counts, i, static_cast<std::int32_t>(e.new_tokens));
+    const std::size_t first_column = e.copy_on_write ? e.old_pages - 1 : e.old_pages;
+    for (std::size_t k = 0; k < e.fresh(); ++k, ++update) {
+      store(in, l.columns, update, static_cast<std::int32_t>(first_column + k));
+      store(in, l.pages, update, r.fresh_pages[e.first_fresh + k]);
     }
-    const std::size_t length = s.length + e.new_tokens;
-    listed_pages += e.pages;
-    queries += e.new_tokens;
-    store(out, l.indptr, i + 1, static_cast<std::int32_t>(listed_pages));
-    store(out, l.qo, i + 1, static_cast<std::int32_t>(queries));
-    store(out, l.last, i, static_cast<std::int32_t>(length == 0 ? 0 : length - (e.pages - 1) * page_size));
+    store(in, l.update_indptr, i + 1, static_cast<std::int32_t>(update));
   }
 }
 
-PagedStepPlan PagedKvCache::upload_plan(const Reservation& r) const {
+// Allocates the plan's buffer, sends the inputs (one host-to-device copy)
+// and builds the metadata on the device (one Backend::paged_build_step).
+PagedStepPlan PagedKvCache::build_plan(const Reservation& r) {
   const std::size_t batch = r.entries.size();
-  const MetadataLayout l = metadata_layout(batch, r.total_new, r.total_pages);
+  const MetadataLayout l = metadata_layout(batch, r.total_new, r.total_pages, r.updates);
   const Tensor buffer = Tensor::empty({l.bytes}, DType::U8, device_, stream_);
-  backend_->copy_host_to_device(const_cast<void*>(buffer.data()), staging_.data(), l.bytes, stream_);
+  auto* base = static_cast<std::byte*>(const_cast<void*>(buffer.data()));
+  backend_->copy_host_to_device(base + l.inputs, staging_.data(), l.bytes - l.inputs, stream_);
+  const auto at = [&](std::size_t offset) { return reinterpret_cast<std::int32_t*>(base + offset); };
+  if (batch > 0) {
+    backend_->paged_build_step(PagedStepBuild{.tables = tables(),
+                                              .batch = batch,
+                                              .entry_rows = at(l.inputs + l.rows),
+                                              .entry_lengths = at(l.inputs + l.lengths),
+                                              .entry_new = at(l.inputs + l.counts),
+                                              .update_indptr = at(l.inputs + l.update_indptr),
+                                              .update_cols = at(l.inputs + l.columns),
+                                              .update_pages = at(l.inputs + l.pages),
+                                              .slot_mapping = reinterpret_cast<std::int64_t*>(base),
+                                              .kv_indptr = at(l.indptr),
+                                              .kv_indices = at(l.indices),
+                                              .kv_last_page_len = at(l.last),
+                                              .qo_indptr = at(l.qo)},
+                               stream_);
+  } else {
+    const std::int32_t zeros[2] = {0, 0};  // an empty step's kv_indptr and qo_indptr are [0]
+    backend_->copy_host_to_device(at(l.indptr), zeros, 4, stream_);
+    backend_->copy_host_to_device(at(l.qo), zeros + 1, 4, stream_);
+  }
   PagedStepPlan plan;
   plan.slot_mapping = view(buffer, 0, r.total_new, DType::I64, stream_);
   plan.kv_indptr = view(buffer, l.indptr, batch + 1, DType::I32, stream_);
@@ -283,8 +324,8 @@ PagedStepPlan PagedKvCache::begin_step(std::span<const SequenceId> ids, std::spa
       e.positions.append(s.next_position, e.new_tokens);
     }
   }
-  fill_metadata(r);
-  PagedStepPlan plan = upload_plan(r);
+  fill_inputs(r);
+  PagedStepPlan plan = build_plan(r);
   copy_on_write(r);
   commit(r);
   plan.step_ = ++step_;
