@@ -10,15 +10,18 @@ namespace {
 // and in the dense inputs and outputs: every copy below moves such a row.
 std::size_t row_bytes(const PagedPages& pages) { return pages.head_dim * dtype_size(pages.dtype); }
 
-// The loop of every paged copy: per kind (keys, then values), per head, per
-// token, `rows(kind, head, token)` gives the destination and source of the
-// row and the row's bytes are copied; a null destination skips the token.
+// The loop of every paged copy: per token, per kind (keys, then values),
+// per head, `rows(kind, head, token)` gives the destination and source of
+// the row and the row's bytes are copied; a null destination skips the
+// token. Token-major, so a write reads its packed inputs once, in order, and
+// fills each NHD slot's heads in order (a head-major loop made 2 x kv_heads
+// strided passes: a third of the copy roof on a 32k-token prefill).
 template <class Rows>
 void copy_rows(const PagedPages& pages, std::size_t tokens, Rows&& rows) {
   const std::size_t bytes = row_bytes(pages);
-  for (std::size_t kind = 0; kind < 2; ++kind) {
-    for (std::size_t h = 0; h < pages.kv_heads; ++h) {
-      for (std::size_t t = 0; t < tokens; ++t) {
+  for (std::size_t t = 0; t < tokens; ++t) {
+    for (std::size_t kind = 0; kind < 2; ++kind) {
+      for (std::size_t h = 0; h < pages.kv_heads; ++h) {
         const std::pair<std::byte*, const std::byte*> row = rows(kind, h, t);
         if (row.first != nullptr) std::memcpy(row.first, row.second, bytes);
       }
@@ -50,7 +53,7 @@ void CpuBackend::paged_write(const PagedWrite& write, Stream stream) {
   });
 }
 
-// Memory access: per head, per token, one row of its key and one of its
+// Memory access: per token, per head, one row of its key and one of its
 // value out of the page into the dense [kv_heads, tokens, head_dim] outputs.
 void CpuBackend::paged_gather(const PagedGather& gather, Stream stream) {
   require_live(stream);
@@ -67,7 +70,7 @@ void CpuBackend::paged_gather(const PagedGather& gather, Stream stream) {
   });
 }
 
-// Memory access: per head, per token, one row of its key and one of its
+// Memory access: per token, per head, one row of its key and one of its
 // value from the source slot's page to the destination slot's.
 void CpuBackend::paged_move(const PagedMove& move, Stream stream) {
   require_live(stream);

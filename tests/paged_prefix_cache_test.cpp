@@ -81,6 +81,16 @@ TEST(PagePool, RetainingACachedPageMakesItUsedAgain) {
   EXPECT_EQ(pool.find(PageHash{3, 3}), a);
 }
 
+TEST(PageHash, SplittingAPagesTokensDoesNotChangeItsHash) {
+  const std::vector<std::int32_t> tokens{5, 6, 7, 8};
+  const PageHash parent{.low = 1, .high = 2};
+  const PageHash whole = detail::hash_page(parent, 3, tokens);
+  EXPECT_EQ(detail::hash_page(parent, 3, std::span(tokens).first(1), std::span(tokens).subspan(1)), whole);
+  EXPECT_EQ(detail::hash_page(parent, 3, {}, tokens), whole);
+  EXPECT_NE(detail::hash_page(parent, 4, tokens), whole);
+  EXPECT_NE(detail::hash_page(PageHash{}, 3, tokens), whole);
+}
+
 // ---- the cache, once per backend ----
 
 class PagedPrefixCacheTest : public PagedCacheFixture {

@@ -436,7 +436,7 @@ class PagedKvCache {
   const Sequence& sequence_or_throw(SequenceId id, const char* operation) const;
   Reservation reserve(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens,
                       std::span<const std::int32_t> token_ids);
-  void hash_new_pages(StepEntry& entry, std::span<const std::int32_t> tokens) const;
+  void hash_new_pages(StepEntry& entry, std::span<const std::int32_t> tokens);
   void fill_inputs(const Reservation& reservation);
   PagedStepPlan build_plan(const Reservation& reservation);
   void copy_on_write(const Reservation& reservation);

@@ -18,10 +18,13 @@ struct PageHash {
   friend bool operator==(const PageHash&, const PageHash&) = default;
 };
 
-/// The hash of the page holding `tokens` (page_size token ids) after the
-/// page named `parent` (a zero PageHash for a sequence's first page), with
-/// `salt` (a LoRA or tenant id; 0 for none) in every link, so sequences of
-/// different salts never share a page. O(tokens); allocates nothing.
-PageHash hash_page(const PageHash& parent, std::uint64_t salt, std::span<const std::int32_t> tokens) noexcept;
+/// The hash of the page holding `tokens` then `more` (page_size token ids
+/// in all, split where they come from two buffers) after the page named
+/// `parent` (a zero PageHash for a sequence's first page), with `salt` (a
+/// LoRA or tenant id; 0 for none) in every link, so sequences of different
+/// salts never share a page. The split does not change the hash.
+/// O(tokens); allocates nothing.
+PageHash hash_page(const PageHash& parent, std::uint64_t salt, std::span<const std::int32_t> tokens,
+                   std::span<const std::int32_t> more = {}) noexcept;
 
 }  // namespace micache::detail

@@ -75,7 +75,7 @@ struct PagedKvCache::StepEntry {
   PositionRuns positions;       // its positions after the step, when appending would allocate; else empty
   const std::int32_t* tokens = nullptr;  // its new tokens' ids, or none (the chain breaks)
   std::vector<detail::PageHash> names;   // of the pages it fills, in order
-  std::vector<std::int32_t> tail_tokens;  // of its partly filled last page after the step
+  std::size_t tail_from = 0;             // tokens[tail_from..new_tokens) end in its partly filled last page
 
   std::size_t fresh() const noexcept { return pages - old_pages + (copy_on_write ? 1 : 0); }
   std::size_t updates() const noexcept { return fresh(); }  // page-table columns the step changes
@@ -172,23 +172,26 @@ PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
   return r;
 }
 
-// Names the pages a step fills for `e` (its partly filled last page's
-// tokens, then the new ones, page by page down the chain) and keeps the
-// tokens of its new partly filled last page, for commit to take.
-void PagedKvCache::hash_new_pages(StepEntry& e, std::span<const std::int32_t> tokens) const {
-  const Sequence& s = *e.sequence;
+// Names the pages a step fills for `e`, page by page down the chain: the
+// first from its partly filled last page's tokens and the new ones that
+// complete it, the others from new tokens alone; nothing is copied. Reserves
+// the capacity of the sequence's tail for the new ones that commit appends.
+void PagedKvCache::hash_new_pages(StepEntry& e, std::span<const std::int32_t> tokens) {
+  Sequence& s = *e.sequence;
   const std::size_t page_size = config_.page_size;
   e.tokens = tokens.data();
-  std::vector<std::int32_t> page(s.tail_tokens);
+  std::span<const std::int32_t> held(s.tail_tokens);
   detail::PageHash chain{.low = s.chain[0], .high = s.chain[1]};
-  for (const std::int32_t token : tokens) {
-    page.push_back(token);
-    if (page.size() < page_size) continue;
-    chain = detail::hash_page(chain, s.salt, page);
+  std::size_t next = 0;
+  while (tokens.size() - next >= page_size - held.size()) {
+    const std::size_t take = page_size - held.size();
+    chain = detail::hash_page(chain, s.salt, held, tokens.subspan(next, take));
     e.names.push_back(chain);
-    page.clear();
+    next += take;
+    held = {};
   }
-  e.tail_tokens = std::move(page);
+  e.tail_from = next;
+  s.tail_tokens.reserve(held.size() + tokens.size() - next);  // capacity only
 }
 
 // Writes the step's inputs into the staging buffer: per entry its row,
@@ -307,8 +310,11 @@ void PagedKvCache::commit(Reservation& r) noexcept {
     }
     const std::size_t first = s.length / page_size - e.names.size();
     for (std::size_t j = 0; j < e.names.size(); ++j) pool_->name(s.pages[first + j], e.names[j]);
-    if (!e.names.empty()) s.chain = {e.names.back().low, e.names.back().high};
-    s.tail_tokens.swap(e.tail_tokens);
+    if (!e.names.empty()) {
+      s.chain = {e.names.back().low, e.names.back().high};
+      s.tail_tokens.clear();
+    }
+    s.tail_tokens.insert(s.tail_tokens.end(), e.tokens + e.tail_from, e.tokens + e.new_tokens);  // reserved
   }
 }
 

@@ -97,6 +97,7 @@ struct Region {
   void* data;
   std::size_t bytes;
   Region(const DeviceBytes& buffer) : data(buffer.get()), bytes(buffer.size()) {}
+  Region(void* at, std::size_t size) : data(at), bytes(size) {}
   Region(const conformance::DeviceBuffer& buffer, std::size_t size) : data(buffer.at()), bytes(size) {}
 };
 
@@ -320,6 +321,65 @@ TEST(GraphCapture, PagedDecodeAttention) {
   attention.out = static_cast<float*>(out.get());
   attention.lse = static_cast<float*>(lse.get());
   expect_capture_replays_direct_call([&](Stream s) { backend.paged_decode_attention(attention, s); }, {out, lse});
+}
+
+// The device page tables' three ops in one graph: a step's build over two
+// rows (one update each), the accounting of both, and a compaction move of
+// 3 tokens. The build's updates are absolute, so a replay writes the same
+// tables and metadata again.
+TEST(GraphCapture, PagedBuildStepAccountingAndMove) {
+  MICACHE_REQUIRE_CUDA();
+  Backend& backend = backend_for(Device::cuda(0));
+  const std::size_t rows = 2, capacity = 4, page_size = 4, num_pages = 6, heads = 2, dim = 64;
+  std::vector<std::int32_t> tables_host = {0, 1, 2, 3, 4, 5, 0, 0, 6, 5};  // block table [2, 4], lengths [2]
+  DeviceBytes tables(backend, tables_host.data(), tables_host.size() * sizeof(std::int32_t));
+  const std::vector<std::int32_t> inputs_host = {0, 1,  // entry rows
+                                                 9, 8,  // lengths after the step
+                                                 3, 2,  // new tokens
+                                                 0, 1, 2,  // update indptr
+                                                 2, 1,  // update columns
+                                                 3, 2};  // update pages
+  const DeviceBytes inputs(backend, inputs_host.data(), inputs_host.size() * sizeof(std::int32_t));
+  DeviceBytes slots(backend, 5 * sizeof(std::int64_t));
+  DeviceBytes metadata(backend, (3 + 5 + 2 + 3) * sizeof(std::int32_t));
+  const auto* in = static_cast<const std::int32_t*>(inputs.get());
+  auto* meta = static_cast<std::int32_t*>(metadata.get());
+  auto* table = static_cast<std::int32_t*>(tables.get());
+  const PagedTables t{.block_table = table, .lengths = table + rows * capacity, .rows = rows,
+                      .row_capacity = capacity, .page_size = page_size};
+  const PagedStepBuild build{.tables = t, .batch = 2, .entry_rows = in, .entry_lengths = in + 2,
+                             .entry_new = in + 4, .update_indptr = in + 6, .update_cols = in + 9,
+                             .update_pages = in + 11, .slot_mapping = static_cast<std::int64_t*>(slots.get()),
+                             .kv_indptr = meta, .kv_indices = meta + 3, .kv_last_page_len = meta + 8,
+                             .qo_indptr = meta + 10};
+  DeviceBytes scratch(backend, kPagedAccountingScratchBytesPerPage * num_pages);
+  DeviceBytes counters(backend, (2 * kPagedSequenceFields + kPagedPoolFields) * sizeof(std::int64_t));
+  auto* counts = static_cast<std::int64_t*>(counters.get());
+  const PagedAccounting accounting{.tables = t, .num_pages = num_pages, .page_bytes = 4096, .rows = in,
+                                   .batch = 2, .live_rows = in, .live = 2,
+                                   .page_refs = static_cast<std::uint32_t*>(scratch.get()),
+                                   .page_fill = static_cast<std::uint32_t*>(scratch.get()) + num_pages,
+                                   .per_sequence = counts, .pool = counts + 2 * kPagedSequenceFields};
+  const std::size_t page_floats = 2 * page_size * heads * dim;
+  const std::vector<float> page_values = random_values(num_pages * page_floats, 51, -2.0f, 2.0f);
+  DeviceBytes pages(backend, page_values.data(), page_values.size() * sizeof(float));
+  const std::vector<std::int64_t> moves = {1, 2, 6, 20, 21, 22};  // slots 1, 2, 6 to page 5's first three
+  const DeviceBytes move_slots(backend, moves.data(), moves.size() * sizeof(std::int64_t));
+  PagedMove move;
+  move.pages = {.data = pages.get(), .dtype = DType::F32, .layout = PagedLayout::Nhd, .num_pages = num_pages,
+                .page_size = page_size, .kv_heads = heads, .head_dim = dim};
+  move.src_slots = static_cast<const std::int64_t*>(move_slots.get());
+  move.dst_slots = move.src_slots + 3;
+  move.tokens = 3;
+  expect_capture_replays_direct_call(
+      [&](Stream s) {
+        backend.paged_build_step(build, s);
+        backend.paged_accounting(accounting, s);
+        backend.paged_move(move, s);
+      },
+      // The tables and the move's source pages are inputs too: only the
+      // metadata, the counters and the move's destination page are poisoned.
+      {slots, metadata, counters, Region(static_cast<float*>(pages.get()) + 5 * page_floats, page_floats * 4)});
 }
 
 // Encode, score, attend and decode over one ring, all in one graph: 300
