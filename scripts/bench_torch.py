@@ -22,6 +22,7 @@ over --repeats batches of the time per call. CPU runs use --threads threads (def
 1, as micache's CPU backend). Peak memory on the CPU stays under about 3 GB: the
 largest tensors are a [1, 32, 4096, 4096] F32 pattern (2 GiB) and the KV trim's
 32 layers of 8192 tokens (1 GiB) plus its 6144-token copies (0.75 GiB), never together.
+The paged decode write's pool is 2.4 GB of pages of which it touches 256 slots.
 """
 
 import argparse
@@ -178,6 +179,57 @@ def bench_kv(timer, device):
     gc.collect()
 
 
+# Paged geometry of bench/bench_paged.cpp: [num_pages, 2, 16, 8, 128] BF16 pages (FlashInfer's NHD layout).
+PAGE_SIZE, PAGED_BATCH, PAGED_PREFILL = 16, 256, 32768
+
+
+def paged_decode_slots():
+    """The slot of each of the 256 decode tokens (sequence i holds 600 + (i * 2654435761) % 3401 tokens, its
+    pages consecutive) and the pages of the pool (each sequence's pages after the step)."""
+    slots, first_page = [], 0
+    for i in range(PAGED_BATCH):
+        length = 600 + (i * 2654435761) % 3401
+        slots.append((first_page + length // PAGE_SIZE) * PAGE_SIZE + length % PAGE_SIZE)
+        first_page += (length + 1 + PAGE_SIZE - 1) // PAGE_SIZE
+    return slots, first_page
+
+
+def bench_paged(timer, device):
+    # vLLM's reshape_and_cache in PyTorch: token t's key and value go to slot slot_mapping[t] of the paged cache
+    # (page slot // 16, offset slot % 16), for one decode step of 256 sequences and a 32k-token prefill. "torch"
+    # assigns through advanced indexing into the key and value views kv[:, 0] and kv[:, 1]; "torch_index_copy"
+    # runs index_copy_ on the pages viewed as [num_pages * 2 * 16, 8, 128] rows. Bytes as PagedWrite's: keys and
+    # values read and written, the int64 slots read.
+    decode_slots, decode_pages = paged_decode_slots()
+    for slots, num_pages in ((decode_slots, decode_pages),
+                             (list(range(PAGED_PREFILL)), PAGED_PREFILL // PAGE_SIZE)):
+        tokens = len(slots)
+        kv = torch.empty(num_pages, 2, PAGE_SIZE, KV_HEADS, HEAD_DIM, dtype=torch.bfloat16, device=device)
+        key_cache, value_cache = kv[:, 0], kv[:, 1]
+        rows = kv.view(num_pages * 2 * PAGE_SIZE, KV_HEADS, HEAD_DIM)
+        keys = torch.rand(tokens, KV_HEADS, HEAD_DIM, device=device).to(torch.bfloat16)
+        values = torch.rand(tokens, KV_HEADS, HEAD_DIM, device=device).to(torch.bfloat16)
+        slot_mapping = torch.tensor(slots, dtype=torch.int64, device=device)
+
+        def assign():
+            page = torch.div(slot_mapping, PAGE_SIZE, rounding_mode="floor")
+            offset = torch.remainder(slot_mapping, PAGE_SIZE)
+            key_cache[page, offset] = keys
+            value_cache[page, offset] = values
+
+        def index_copy():
+            row = torch.div(slot_mapping, PAGE_SIZE, rounding_mode="floor") * (2 * PAGE_SIZE) + torch.remainder(
+                slot_mapping, PAGE_SIZE)
+            rows.index_copy_(0, row, keys)
+            rows.index_copy_(0, row + PAGE_SIZE, values)
+
+        nbytes = 4 * tokens * KV_HEADS * HEAD_DIM * 2 + 8 * tokens
+        for impl, fn in (("torch", assign), ("torch_index_copy", index_copy)):
+            emit("paged_write", impl, device, "bf16", KV_HEADS, tokens, None, timer.median(fn), nbytes)
+        del kv, key_cache, value_cache, rows, keys, values
+        gc.collect()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
@@ -207,6 +259,7 @@ def main():
                 bench_attention(timer, device, dtype, heads, seq, one_row_only=True)
                 gc.collect()
             bench_kv(timer, device)
+            bench_paged(timer, device)
 
 
 if __name__ == "__main__":
