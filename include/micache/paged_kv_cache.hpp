@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "micache/backend/paged_tables.hpp"
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
+#include "micache/paged_kv_state.hpp"
 #include "micache/position_runs.hpp"
 #include "micache/stream.hpp"
 #include "micache/tensor.hpp"
@@ -411,6 +413,57 @@ class PagedKvCache {
   /// Bytes the cache holds on the device, all allocated at construction: the
   /// page tensors (the whole pool) and the page tables (config().table_bytes()).
   std::size_t memory_reserved() const noexcept;
+
+  /// Writes the whole cache to the safetensors file `path`: per layer l
+  /// `blocks.{l}.attn.kv_pages`, the used and cached pages only
+  /// (state().stored_pages(), in that order) as `[stored, 2, page_size,
+  /// kv_heads, head_dim]` (HND: kv_heads before page_size) in the pages'
+  /// dtype, so the file holds (used + cached) x page_bytes() bytes of pages;
+  /// then the state() as I64 tensors: `pool.references` [pages],
+  /// `pool.free_pages`, `pool.cached_pages`, `pool.named_pages` and
+  /// `pool.page_names` [names, 2] (low, high), `tables.free_rows`,
+  /// per sequence in id order `sequences.ids`, `.lengths`, `.next_positions`,
+  /// `.rows`, `.naming` (0 or 1), `.salts`, `.chains` [n, 2], and the packed
+  /// lists `sequences.pages`, `.runs` [runs, 2] (begin, length) and
+  /// `.tail_tokens` with their `.page_offsets`, `.run_offsets` and
+  /// `.tail_offsets` [n + 1] (64-bit values bit-cast). Metadata:
+  /// `micache.cache` = `PagedKvCache`, `micache.paged_format` =
+  /// `micache-paged/1`, `micache.config` (JSON: every PagedKvConfig field,
+  /// dtype "f32"/"f16"/"bf16", layout "nhd"/"hnd"), `micache.next_id`,
+  /// `micache.step`, `micache.lookup_tokens`, `micache.hit_tokens`,
+  /// `micache.hit_pages`, `micache.evictions`. One device-to-host copy per
+  /// run of consecutive stored pages per layer (waits for the stream).
+  /// Error: Io (an earlier file at `path` is left as it was).
+  void save(const std::string& path) const;
+  /// Reads a file written by `save` onto `device`, in a cache working on
+  /// `stream`, through `restore`: the loaded cache continues exactly as the
+  /// saved one would. Errors: Io `{path}: ...` for a malformed file, another
+  /// class's file, another format version, or a state `restore` rejects (its
+  /// message); OutOfMemory, Backend as the constructor.
+  static PagedKvCache load(const std::string& path, Device device = Device::cpu(), Stream stream = {});
+
+  /// The cache's whole state but the page bytes, on the host: sequences in
+  /// increasing id order, the pool, the free rows, the counters. O(pages +
+  /// the sequences' pages, runs and tail tokens); no device work.
+  PagedKvState state() const;
+  /// The restore hook: a cache of `config` in `state`, whose pages
+  /// state.stored_pages()[i] hold `stored[layer]`'s row i (each `[stored,
+  /// 2, page_size, kv_heads, head_dim]`, HND swapping page_size and kv_heads,
+  /// config.dtype, on `device`; the other pages' bytes are unspecified).
+  /// Validates everything before allocating: the config (its errors), then
+  /// the state, each failure Config `restore: ...` naming what is wrong (a
+  /// count that is not the number of holders, a page or row out of range or
+  /// listed twice, a page in no state or in two, a free page with a name, a
+  /// cached one without, names shared, ids not increasing or not below
+  /// next_id, a length above max_sequence_len or not matching the pages,
+  /// position runs that do not increase or count the tokens, tail tokens that
+  /// do not fit the last page), then `stored` (Shape for a count or shape,
+  /// Config for the dtype, Device). Then allocates the cache (OutOfMemory),
+  /// copies the stored pages into place (one device-to-device copy per run
+  /// of consecutive pages per layer) and uploads every sequence's row of the
+  /// device page tables. O(pages + the sequences' pages and runs).
+  static PagedKvCache restore(const PagedKvConfig& config, const PagedKvState& state, std::span<const Tensor> stored,
+                              Device device = Device::cpu(), Stream stream = {});
 
  private:
   struct Sequence {

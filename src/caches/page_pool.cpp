@@ -1,6 +1,7 @@
 #include "src/caches/page_pool.hpp"
 
 #include <bit>
+#include <utility>
 
 namespace micache::detail {
 
@@ -14,6 +15,18 @@ PagePool::PagePool(std::size_t pages)
   mask_ = slots_.size() - 1;
   free_.reserve(pages);
   for (std::size_t p = pages; p > 0; --p) free_.push_back(static_cast<std::int32_t>(p - 1));
+}
+
+PagePool::PagePool(std::vector<std::uint32_t> references, std::span<const std::int32_t> free_stack,
+                   std::span<const std::int32_t> cached, std::span<const std::int32_t> named,
+                   std::span<const PageHash> hashes, std::uint64_t evictions)
+    : PagePool(references.size()) {
+  free_.assign(free_stack.begin(), free_stack.end());  // within the capacity the delegated constructor reserved
+  refs_ = std::move(references);
+  for (const std::uint32_t refs : refs_) shared_ += refs > 1 ? 1 : 0;
+  for (const std::int32_t page : cached) push_newest(page);
+  for (std::size_t i = 0; i < named.size(); ++i) name(named[i], hashes[i]);
+  evictions_ = evictions;
 }
 
 void PagePool::next_pages(std::size_t count, std::vector<std::int32_t>& out) const {

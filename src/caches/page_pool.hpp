@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "src/caches/page_hash.hpp"
@@ -30,6 +31,15 @@ class PagePool {
   /// `pages` free pages (at most 2^31 - 1: page ids are int32); they are
   /// handed out as 0, 1, 2, ... while none has been returned.
   explicit PagePool(std::size_t pages);
+  /// A pool in a given state (PagedKvCache::restore, which validates it
+  /// first): `references` per page, the free stack (back() handed out
+  /// first), the cached pages oldest first, `named[i]` named `hashes[i]`, and
+  /// the evictions so far. Preconditions: every page in exactly one state
+  /// (used: count > 0; cached: count 0, named; free: count 0, unnamed), the
+  /// names distinct, hashes.size() == named.size(). O(pages).
+  PagePool(std::vector<std::uint32_t> references, std::span<const std::int32_t> free_stack,
+           std::span<const std::int32_t> cached, std::span<const std::int32_t> named,
+           std::span<const PageHash> hashes, std::uint64_t evictions);
 
   std::size_t total() const noexcept { return refs_.size(); }
   std::size_t free() const noexcept { return free_.size(); }
