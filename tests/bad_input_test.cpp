@@ -208,6 +208,87 @@ std::vector<Row> rows() {
          pool.write(0, plan, f32({2, 2, 4}), f32({3, 2, 4}));
          return ok("nothing");
        }},
+      {"a plan used after its step", "`PagedKvCache::write` with the plan of the step before",
+       "Config: write: the plan is of step 1, the cache is at step 2",
+       [] {
+         PagedKvCache pool = paged_pool();
+         const PagedStepPlan old = paged_step(pool, 1);
+         paged_step(pool, 1);
+         pool.write(0, old, f32({1, 2, 4}), f32({1, 2, 4}));
+         return ok("nothing");
+       }},
+      {"a plan of another cache", "`PagedKvCache::write`", "Config: write: the plan is of another cache (or of none)",
+       [] {
+         PagedKvCache pool = paged_pool(), other = paged_pool();
+         const PagedStepPlan plan = paged_step(other, 1);
+         paged_step(pool, 1);
+         pool.write(0, plan, f32({1, 2, 4}), f32({1, 2, 4}));
+         return ok("nothing");
+       }},
+      {"a sequence listed twice", "`begin_step` of ids {0, 0}",
+       "Config: begin_step: sequence 0 listed twice (entries 0 and 1)",
+       [] {
+         PagedKvCache pool = paged_pool();
+         const SequenceId a = pool.add_sequence();
+         pool.begin_step(std::vector<SequenceId>{a, a}, std::vector<std::size_t>{1, 1});
+         return ok("a plan");
+       }},
+      {"token ids of the wrong count", "`begin_step` of 3 new tokens with 2 token ids",
+       "Shape: begin_step: 2 token ids for 3 new tokens",
+       [] {
+         PagedKvCache pool = paged_pool();
+         const std::vector<SequenceId> ids{pool.add_sequence()};
+         pool.begin_step(ids, std::vector<std::size_t>{3}, std::vector<std::int32_t>{7, 8});
+         return ok("a plan");
+       }},
+      {"every page-table row taken", "`add_sequence` with max_sequences 1 and one sequence alive",
+       "OutOfMemory: add_sequence: 1 sequences alive, the most the page tables hold (max_sequences)",
+       [] {
+         PagedKvCache pool({.n_layers = 1, .kv_heads = 2, .head_dim = 4, .page_size = 4, .num_pages = 2,
+                            .dtype = DType::F32, .max_sequences = 1});
+         pool.add_sequence();
+         pool.add_sequence();
+         return ok("an id");
+       }},
+      {"a sequence longer than max_sequence_len", "`begin_step` of 5 tokens with max_sequence_len 4",
+       "Config: begin_step: sequence 0 of 0 tokens cannot grow by 5: at most 4 tokens (max_sequence_len)",
+       [] {
+         PagedKvCache pool({.n_layers = 1, .kv_heads = 2, .head_dim = 4, .page_size = 4, .num_pages = 2,
+                            .dtype = DType::F32, .max_sequence_len = 4});
+         paged_step(pool, 5);
+         return ok("a plan");
+       }},
+      {"no free page to compact into", "`PagedKvCache::trim_to(id, 3)` of 8 tokens filling both pages",
+       "OutOfMemory: trim_to: sequence 0 needs 1 fresh pages to compact into, 0 free and 0 cached of 2",
+       [] {
+         PagedKvCache pool = paged_pool();
+         paged_step(pool, 8);
+         pool.trim_to(SequenceId{0}, 3);
+         return ok("true");
+       }},
+      {"heavy-hitter scores of the wrong length", "`PagedKvCache::evict_heavy_hitters` with [5] scores on 8 tokens",
+       "Shape: evict_heavy_hitters: scores must be [8], got [5]",
+       [] {
+         PagedKvCache pool = paged_pool();
+         paged_step(pool, 8);
+         pool.evict_heavy_hitters(SequenceId{0}, f32({5}), 1, 2);
+         return ok("true");
+       }},
+      {"a latent of the wrong length", "`MlaKvCache(8, ...)::push_latent` of 6 values",
+       "DimensionMismatch: dimension mismatch: quantizer expects 8, got 6 (latent)",
+       [] {
+         MlaKvCache mla(8, 4, 4, 42);
+         mla.push_latent(std::vector<float>(6, 0.5f));
+         return ok("nothing");
+       }},
+      {"a layer out of range", "`ModelKvCache::layer(2)` of 2 layers", "Hook: layer 2 out of range (num_layers=2)",
+       [] {
+         std::vector<LayerCache> layers;
+         layers.emplace_back(LinearState{});
+         layers.emplace_back(LinearState{});
+         static_cast<void>(ModelKvCache(std::move(layers)).layer(2));
+         return ok("a layer");
+       }},
       {"zero heads", "`MultiHeadKvCache(0, config)`", "EmptyInput: empty input: num_heads must be > 0",
        [] { MultiHeadKvCache(0, config()); return ok("a cache"); }},
       {"head_dim 0", "`KvCacheConfig::validate`", "ZeroDimension: dimension must be > 0",
