@@ -1,8 +1,8 @@
 // Thread safety as the headers state it: const queries on one cache from 8
-// threads at once give the serial answers, and separate caches mutated from
-// separate threads (on the default stream, or each thread on its own
-// OwnedStream) end as a serial run would leave them. Run under ThreadSanitizer
-// by the `tsan` preset.
+// threads at once give the serial answers, and separate caches (KV,
+// compressed, paged) mutated from separate threads (on the default stream,
+// or each thread on its own OwnedStream) end as a serial run would leave
+// them. Run under ThreadSanitizer by the `tsan` preset.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -114,15 +114,22 @@ TEST_P(ConcurrencyTest, ConstCompressedQueriesFromEightThreadsGiveTheSerialAnswe
 
 // The mutations one thread applies to its own caches, on `stream`: appends
 // that grow the ring, a trim, a sinks-and-window eviction, compressed pushes
-// and a window.
+// and a window; and a paged pool's steps with token ids, writes, a fork with
+// copy on write, a prefix hit on a released sequence's pages and an eviction.
 struct OwnCaches {
   KVCache kv;
   MultiHeadKvCache compressed;
+  PagedKvCache paged;
+  SequenceId last{};
 
   OwnCaches(Device device, int seed, Stream stream = {})
       : kv(2, stream),
         compressed(2, {.head_dim = 16, .bits = 3, .projections = 4, .seed = static_cast<std::uint64_t>(seed)}, device,
-                   stream) {
+                   stream),
+        paged({.n_layers = 2, .kv_heads = 3, .head_dim = 8, .page_size = 4, .num_pages = 64, .dtype = DType::BF16,
+               .max_sequences = 8},
+              device, stream) {
+    grow_paged(device, seed, stream);
     Gaussian gaussian(static_cast<std::uint32_t>(seed));
     for (int step = 0; step < 60; ++step) {
       const std::vector<float> values = gaussian.vector(3 * 8);
@@ -137,18 +144,47 @@ struct OwnCaches {
     kv.evict_to_window(2, 16);
     kv.shrink_to_fit();
   }
+
+  void grow_paged(Device device, int seed, Stream stream) {
+    Gaussian gaussian(static_cast<std::uint32_t>(seed) + 100);
+    std::vector<std::int32_t> prompt(10);
+    for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<std::int32_t>(i) + seed;
+    std::vector<SequenceId> ids{paged.add_sequence(prompt).id, paged.add_sequence()};
+    const auto step = [&](const std::vector<std::size_t>& counts, const std::vector<std::int32_t>& tokens) {
+      const PagedStepPlan plan = paged.begin_step(ids, counts, tokens);
+      for (std::size_t layer = 0; layer < 2; ++layer) {
+        const std::vector<float> values = gaussian.vector(plan.total_new * 3 * 8);
+        paged.write(layer, plan, Tensor::from_host(values, {plan.total_new, 3, 8}, DType::BF16, device, stream),
+                    Tensor::from_host(values, {plan.total_new, 3, 8}, DType::BF16, device, stream));
+      }
+    };
+    std::vector<std::int32_t> first = prompt;
+    first.insert(first.end(), {1, 2, 3});
+    step({10, 3}, first);
+    for (int t = 0; t < 12; ++t) step({1, 1}, {seed + t, t});
+    ids.push_back(paged.fork(ids[1]));
+    for (int t = 0; t < 3; ++t) step({1, 2, 1}, {t, t, t + 1, t + 2});
+    paged.release(ids[0]);
+    ids[0] = paged.add_sequence(prompt).id;  // the released pages come back from the prefix cache
+    step({2, 1, 1}, {prompt[8], prompt[9], 4, 5});
+    paged.evict_to_window(ids[1], 2, 6);
+    step({1, 1, 1}, {6, 7, 8});
+    last = ids[2];
+  }
 };
 
-// What a thread's caches end holding: layer 1's keys and the compressed key records.
-std::pair<std::vector<std::byte>, std::vector<std::byte>> held(const OwnCaches& caches) {
-  return {caches.kv.keys(1).to_host_bytes(), caches.compressed.heads().records().first.to_host_bytes()};
+// What a thread's caches end holding: layer 1's keys, the compressed key
+// records, and the paged pool's keys of its last sequence in layer 1.
+std::vector<std::vector<std::byte>> held(const OwnCaches& caches) {
+  return {caches.kv.keys(1).to_host_bytes(), caches.compressed.heads().records().first.to_host_bytes(),
+          caches.paged.gather(caches.last, 1).keys.to_host_bytes()};
 }
 
 // Builds OwnCaches in kThreads threads at once, each on its own OwnedStream
 // when `own_streams`; each must end as a serial run on the default stream
 // leaves them, and memory must return to its prior level.
 void expect_threads_end_as_a_serial_run(Device device, bool own_streams) {
-  std::vector<std::pair<std::vector<std::byte>, std::vector<std::byte>>> expected;
+  std::vector<std::vector<std::vector<std::byte>>> expected;
   for (int t = 0; t < kThreads; ++t) expected.push_back(held(OwnCaches(device, t)));
   const std::size_t in_use = backend_for(device).memory_stats().in_use;
   const int failures = run_threads([&](int t) {
