@@ -225,7 +225,8 @@ struct PagedDeviceAccounting {
 /// prefix; named pages no sequence holds stay cached until a step needs
 /// their space, least recently released first (vLLM's automatic prefix caching).
 ///
-/// Not yet (later slices): hybrid layer kinds, files.
+/// Not yet (a later slice): hybrid layer kinds (sliding-window layers that
+/// return pages to the pool as the window moves).
 ///
 /// Thread safety: const queries may run concurrently; mutation needs exclusive
 /// access. Move-only: the pages and their bookkeeping are one; a moved-from
