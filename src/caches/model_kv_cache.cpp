@@ -13,6 +13,9 @@ template <class... Fs>
 struct Overloaded : Fs... {
   using Fs::operator()...;
 };
+// C++20 deduces an aggregate's arguments by itself; clang 14 (the fuzz preset) needs the guide.
+template <class... Fs>
+Overloaded(Fs...) -> Overloaded<Fs...>;
 
 KvCacheConfig layer_config(std::size_t head_dim, unsigned bits, std::size_t projections, std::uint64_t seed,
                            std::size_t layer) {
