@@ -15,6 +15,8 @@
 #include "micache/backend/paged_tables.hpp"
 #include "micache/device.hpp"
 #include "micache/dtype.hpp"
+#include "micache/paged_kv_config.hpp"
+#include "micache/paged_kv_stats.hpp"
 #include "micache/paged_kv_state.hpp"
 #include "micache/position_runs.hpp"
 #include "micache/stream.hpp"
@@ -27,60 +29,6 @@ class KeptTokens;
 namespace detail {
 class PagePool;
 }
-
-/// Settings of a PagedKvCache. Set exactly one of `num_pages` and `max_bytes`.
-///
-/// A page id names the same page in every layer, so one page costs
-/// `page_bytes()` = page_size x `bytes_per_token()` over all layers.
-struct PagedKvConfig {
-  std::size_t n_layers = 0;
-  std::size_t kv_heads = 0;
-  std::size_t head_dim = 0;
-  std::size_t page_size = 16;  ///< tokens per page, a power of two
-  std::size_t num_pages = 0;   ///< pages in the pool; 0: derived from `max_bytes`
-  std::size_t max_bytes = 0;   ///< byte budget for every layer's pages: num_pages = max_bytes / page_bytes()
-  DType dtype = DType::BF16;   ///< F32, F16 or BF16
-  PagedLayout layout = PagedLayout::Nhd;
-  /// Rows of the device page tables: the most sequences alive at once.
-  std::size_t max_sequences = 1024;
-  /// The most tokens one sequence may hold; 0: every slot of the pool
-  /// (pages() x page_size), at most kDefaultMaxSequenceLen.
-  std::size_t max_sequence_len = 0;
-
-  /// The tokens of `max_sequence_len` when it is 0.
-  static constexpr std::size_t kDefaultMaxSequenceLen = std::size_t{1} << 17;
-
-  /// Checks every field, then the byte counts. Errors, all Config and in this order:
-  /// - `PagedKvConfig.n_layers must be >= 1, got 0` (kv_heads, head_dim alike);
-  /// - `PagedKvConfig.page_size must be a power of two in 1..=1073741824, got 12`;
-  /// - `PagedKvConfig.dtype must be f32, f16 or bf16, got i32`; `PagedKvConfig.layout must be Nhd or Hnd, got 7`;
-  /// - `PagedKvConfig: set num_pages or max_bytes, got neither` (or `got both (num_pages=8, max_bytes=4096)`);
-  /// - the overflow errors of `bytes_per_token`, `page_bytes` and `reserved_bytes`;
-  /// - `PagedKvConfig.max_bytes 100 is below one page (512 bytes)`;
-  /// - `PagedKvConfig.num_pages must be <= 2147483647 (kv_indices are int32), got N` (also when derived);
-  /// - `PagedKvConfig.max_sequences must be in 1..=2147483647, got 0`;
-  /// - `PagedKvConfig.max_sequence_len must be <= 2147483647 (lengths are int32), got N`;
-  /// - the overflow error of `table_bytes`.
-  void validate() const;
-
-  /// Bytes of one token's keys and values over every layer:
-  /// 2 x n_layers x kv_heads x head_dim x dtype size. Error: Config when that overflows size_t.
-  std::size_t bytes_per_token() const;
-  /// Bytes of one page over every layer: page_size x bytes_per_token(). Error: Config on overflow.
-  std::size_t page_bytes() const;
-  /// Pages of the pool: `num_pages`, or `max_bytes / page_bytes()` when num_pages is 0 (no validation).
-  std::size_t pages() const;
-  /// Bytes of the whole pool: pages() x page_bytes(). Error: Config on overflow.
-  std::size_t reserved_bytes() const;
-  /// The most tokens one sequence may hold: max_sequence_len, or its default.
-  std::size_t sequence_len() const;
-  /// Columns of a page-table row: ceil(sequence_len() / page_size), the most pages one sequence may hold.
-  std::size_t row_capacity() const;
-  /// Bytes of the device page tables: max_sequences x (row_capacity() + 1)
-  /// x 4 (each row's page ids and its length; 1024 x 8193 x 4 = 32 MiB at the
-  /// defaults with page 16 and a pool of at least 2^17 slots). Error: Config on overflow.
-  std::size_t table_bytes() const;
-};
 
 /// A sequence of a PagedKvCache. Ids are handed out in increasing order and
 /// never reused, so a released id stays unknown.
@@ -122,60 +70,11 @@ struct PagedKv {
   Tensor values;
 };
 
-/// The pool's counters. Pages: used + cached + free = total; a used page is
-/// held by one or more sequences, shared when by more than one; a cached
-/// page is held by none but keeps its tokens for a later prompt with the same
-/// prefix (the prefix cache). Tokens: slots filled or reserved in used
-/// pages, each stored token counted once (a shared page's tokens once).
-struct PagedPoolStats {
-  std::size_t pages_total = 0;
-  std::size_t pages_used = 0;
-  std::size_t pages_cached = 0;
-  std::size_t pages_free = 0;
-  std::size_t pages_shared = 0;
-  std::size_t tokens = 0;
-  std::size_t bytes_total = 0;   ///< pages_total x page_bytes()
-  std::size_t bytes_used = 0;    ///< pages_used x page_bytes()
-  std::size_t bytes_cached = 0;  ///< pages_cached x page_bytes()
-  std::size_t bytes_free = 0;    ///< pages_free x page_bytes()
-};
-
-/// The prefix cache's counters since construction (vLLM's prefix-cache
-/// metrics): the hit rate is hit_tokens / lookup_tokens.
-struct PrefixCacheStats {
-  std::uint64_t lookup_tokens = 0;  ///< prompt tokens passed to add_sequence
-  std::uint64_t hit_tokens = 0;     ///< of them, found in cached or used pages
-  std::uint64_t hit_pages = 0;      ///< pages taken from the prefix cache by add_sequence
-  std::uint64_t evictions = 0;      ///< cached pages handed out again, their content forgotten
-  std::size_t named_pages = 0;      ///< pages that have a name now (used or cached)
-};
-
 /// What `add_sequence(prompt)` found: the new sequence and how many of the
 /// prompt's first tokens it already holds (a multiple of page_size).
 struct PrefixHit {
   SequenceId id{};
   std::size_t cached_tokens = 0;
-};
-
-/// One sequence's counters: its tokens, the pages it holds (shared ones
-/// included), their bytes over every layer (pages x page_bytes()) and the
-/// empty slots of its pages (pages x page_size - tokens).
-struct PagedSequenceStats {
-  std::size_t tokens = 0;
-  std::size_t pages = 0;
-  std::size_t bytes = 0;
-  std::size_t slack = 0;
-};
-
-/// The accounting kernel's answer (PagedKvCache::device_accounting): int64
-/// device tensors, views of one buffer.
-/// - `per_sequence` `[batch, 4]`: each asked sequence's (tokens, pages,
-///   bytes, slack), as PagedSequenceStats;
-/// - `pool` `[4]`: (pages used, pages shared, tokens, bytes used), as
-///   PagedPoolStats' pages_used, pages_shared, tokens and bytes_used.
-struct PagedDeviceAccounting {
-  Tensor per_sequence;
-  Tensor pool;
 };
 
 /// The serving cache: the keys and values of many sequences that start, grow,
@@ -373,8 +272,10 @@ class PagedKvCache {
   /// names, in order, packed from the sequence's first slot so that the
   /// FlashInfer metadata of later steps describes them. Page by page: a new
   /// page whose tokens are one old page's first tokens in order is that old
-  /// page, kept as it is (shared and named ones included, so dropping whole
-  /// pages moves no byte); the other kept tokens move on the device into
+  /// page, kept as it is, when it keeps all of that page's tokens (shared
+  /// and named pages included, so dropping whole pages moves no byte) or
+  /// fewer of a page no other sequence holds and no name names (so every
+  /// holder of a page sees the same fill); the other kept tokens move on the device into
   /// fresh pages (one upload of their slots, one Backend::paged_move per
   /// layer); old pages that keep no token go back to the pool (named ones
   /// to the prefix cache). The sequence's later pages are no longer named
