@@ -75,6 +75,12 @@ class CompressedHeads {
   /// Errors: EmptyInput (`empty input: num_heads must be > 0`), the config's (KvCacheConfig::validate).
   CompressedHeads(std::size_t num_heads, const KvCacheConfig& config, Device device = Device::cpu(),
                   Stream stream = {});
+  /// Move-only: a copy would share the storage that pushes write in place,
+  /// so two copies would overwrite each other's tokens. Move, or save and load.
+  CompressedHeads(const CompressedHeads&) = delete;
+  CompressedHeads& operator=(const CompressedHeads&) = delete;
+  CompressedHeads(CompressedHeads&&) noexcept = default;
+  CompressedHeads& operator=(CompressedHeads&&) noexcept = default;
 
   std::size_t num_heads() const noexcept { return num_heads_; }
   const KvCacheConfig& config() const noexcept { return config_; }

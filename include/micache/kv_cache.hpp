@@ -57,6 +57,12 @@ class KVCache {
   /// `n_layers` empty layers whose work runs on `stream`.
   explicit KVCache(std::size_t n_layers = 0, Stream stream = {});
   static KVCache new_cache(std::size_t n_layers) { return KVCache(n_layers); }
+  /// Move-only: a copy would share the storage that appends write in place,
+  /// so two copies would overwrite each other's tokens. Move, or save and load.
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+  KVCache(KVCache&&) noexcept = default;
+  KVCache& operator=(KVCache&&) noexcept = default;
 
   std::size_t n_layers() const noexcept { return layers_.size(); }
   /// The stream the cache allocates and works on.

@@ -55,6 +55,12 @@ class MlaKvCache {
   /// Errors: the config's (see above).
   MlaKvCache(std::size_t latent_dim, unsigned bits, std::size_t projections, std::uint64_t seed,
              Device device = Device::cpu(), Stream stream = {});
+  /// Move-only: a copy would share the storage that appends write in place,
+  /// so two copies would overwrite each other's tokens. Move, or save and load.
+  MlaKvCache(const MlaKvCache&) = delete;
+  MlaKvCache& operator=(const MlaKvCache&) = delete;
+  MlaKvCache(MlaKvCache&&) noexcept = default;
+  MlaKvCache& operator=(MlaKvCache&&) noexcept = default;
 
   /// DeepSeek V3's latent cache: latent_dim 512.
   static MlaKvCache deepseek_v3(unsigned bits, std::size_t projections, std::uint64_t seed,
