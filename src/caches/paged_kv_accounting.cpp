@@ -4,13 +4,11 @@
 
 #include "micache/backend/backend.hpp"
 #include "micache/paged_kv_cache.hpp"
+#include "src/caches/packed_buffer.hpp"
 
 namespace micache {
-namespace {
 
-std::size_t aligned(std::size_t bytes) { return (bytes + 15) & ~std::size_t{15}; }
-
-}  // namespace
+using detail::aligned16;
 
 PagedDeviceAccounting PagedKvCache::device_accounting(std::span<const SequenceId> ids) const {
   // The rows asked about, then every live row: the only bytes that cross.
@@ -20,9 +18,9 @@ PagedDeviceAccounting PagedKvCache::device_accounting(std::span<const SequenceId
   for (const auto& [id, s] : sequences_) rows.push_back(s.row);
   const std::size_t batch = ids.size(), live = sequences_.size();
   // One buffer: per_sequence (I64), pool (I64), the scratch, the rows.
-  const std::size_t pool_at = aligned(8 * kPagedSequenceFields * batch);
-  const std::size_t scratch_at = aligned(pool_at + 8 * kPagedPoolFields);
-  const std::size_t rows_at = aligned(scratch_at + kPagedAccountingScratchBytesPerPage * num_pages_);
+  const std::size_t pool_at = aligned16(8 * kPagedSequenceFields * batch);
+  const std::size_t scratch_at = aligned16(pool_at + 8 * kPagedPoolFields);
+  const std::size_t rows_at = aligned16(scratch_at + kPagedAccountingScratchBytesPerPage * num_pages_);
   const Tensor buffer = Tensor::empty({rows_at + 4 * rows.size()}, DType::U8, device_, stream_);
   auto* base = static_cast<std::byte*>(const_cast<void*>(buffer.data()));
   if (!rows.empty()) backend_->copy_host_to_device(base + rows_at, rows.data(), 4 * rows.size(), stream_);
@@ -40,12 +38,9 @@ PagedDeviceAccounting PagedKvCache::device_accounting(std::span<const SequenceId
                                              .per_sequence = reinterpret_cast<std::int64_t*>(base),
                                              .pool = reinterpret_cast<std::int64_t*>(base + pool_at)},
                              stream_);
-  const auto view = [&](std::size_t offset, Shape shape) {
-    return Tensor::wrap(
-        base + offset, shape, DType::I64, device_, [keep = buffer] { static_cast<void>(keep); }, stream_);
-  };
-  return PagedDeviceAccounting{.per_sequence = view(0, {batch, kPagedSequenceFields}),
-                               .pool = view(pool_at, {kPagedPoolFields})};
+  return PagedDeviceAccounting{
+      .per_sequence = detail::packed_view(buffer, 0, {batch, kPagedSequenceFields}, DType::I64),
+      .pool = detail::packed_view(buffer, pool_at, {kPagedPoolFields}, DType::I64)};
 }
 
 }  // namespace micache

@@ -164,10 +164,7 @@ void PagedKvCache::upload_row(const Sequence& s, std::size_t first_column) {
 }
 
 Tensor PagedKvCache::block_table() const {
-  auto* base = const_cast<void*>(tables_.data());
-  return Tensor::wrap(
-      base, {config_.max_sequences, row_capacity_}, DType::I32, device_, [keep = tables_] { static_cast<void>(keep); },
-      stream_);
+  return tables_.narrow(0, config_.max_sequences * row_capacity_).reshape({config_.max_sequences, row_capacity_});
 }
 
 std::size_t PagedKvCache::row_of(SequenceId id) const {

@@ -9,12 +9,16 @@
 #include "micache/backend/backend.hpp"
 #include "micache/error.hpp"
 #include "micache/paged_kv_cache.hpp"
+#include "src/caches/packed_buffer.hpp"
 #include "src/caches/page_hash.hpp"
 #include "src/caches/page_pool.hpp"
 #include "src/core/checks.hpp"
 
 namespace micache {
 namespace {
+
+using detail::aligned16;
+using detail::packed_view;
 
 std::size_t layer_page_bytes(const PagedKvConfig& c) {
   return 2 * c.page_size * c.kv_heads * c.head_dim * dtype_size(c.dtype);
@@ -30,22 +34,21 @@ struct MetadataLayout {
   std::size_t inputs = 0, rows = 0, lengths = 0, counts = 0, update_indptr = 0, columns = 0, pages = 0, bytes = 0;
 };
 
-std::size_t aligned(std::size_t bytes) { return (bytes + 15) & ~std::size_t{15}; }
-
+// `updates`: the page-table columns the step changes, one per fresh page.
 MetadataLayout metadata_layout(std::size_t batch, std::size_t total_new, std::size_t total_pages,
                                std::size_t updates) {
   MetadataLayout l;
-  l.indptr = aligned(8 * total_new);
-  l.indices = aligned(l.indptr + 4 * (batch + 1));
-  l.last = aligned(l.indices + 4 * total_pages);
-  l.qo = aligned(l.last + 4 * batch);
-  l.inputs = aligned(l.qo + 4 * (batch + 1));
+  l.indptr = aligned16(8 * total_new);
+  l.indices = aligned16(l.indptr + 4 * (batch + 1));
+  l.last = aligned16(l.indices + 4 * total_pages);
+  l.qo = aligned16(l.last + 4 * batch);
+  l.inputs = aligned16(l.qo + 4 * (batch + 1));
   l.rows = 0;  // offsets of the inputs are from l.inputs
-  l.lengths = aligned(4 * batch);
-  l.counts = aligned(l.lengths + 4 * batch);
-  l.update_indptr = aligned(l.counts + 4 * batch);
-  l.columns = aligned(l.update_indptr + 4 * (batch + 1));
-  l.pages = aligned(l.columns + 4 * updates);
+  l.lengths = aligned16(4 * batch);
+  l.counts = aligned16(l.lengths + 4 * batch);
+  l.update_indptr = aligned16(l.counts + 4 * batch);
+  l.columns = aligned16(l.update_indptr + 4 * (batch + 1));
+  l.pages = aligned16(l.columns + 4 * updates);
   l.bytes = l.inputs + l.pages + 4 * updates;
   return l;
 }
@@ -53,13 +56,6 @@ MetadataLayout metadata_layout(std::size_t batch, std::size_t total_new, std::si
 template <class T>
 void store(std::byte* base, std::size_t offset, std::size_t index, T value) {
   std::memcpy(base + offset + index * sizeof(T), &value, sizeof(T));
-}
-
-// A view of `count` elements of `dtype` at byte `offset` of `buffer`, keeping the buffer alive.
-Tensor view(const Tensor& buffer, std::size_t offset, std::size_t count, DType dtype, Stream stream) {
-  auto* data = static_cast<std::byte*>(const_cast<void*>(buffer.data())) + offset;
-  return Tensor::wrap(
-      data, {count}, dtype, buffer.device(), [keep = buffer] { static_cast<void>(keep); }, stream);
 }
 
 }  // namespace
@@ -78,7 +74,6 @@ struct PagedKvCache::StepEntry {
   std::size_t tail_from = 0;             // tokens[tail_from..new_tokens) end in its partly filled last page
 
   std::size_t fresh() const noexcept { return pages - old_pages + (copy_on_write ? 1 : 0); }
-  std::size_t updates() const noexcept { return fresh(); }  // page-table columns the step changes
 };
 
 struct PagedKvCache::Reservation {
@@ -88,7 +83,6 @@ struct PagedKvCache::Reservation {
   std::size_t total_pages = 0;
   std::size_t fresh = 0;
   std::size_t copies = 0;
-  std::size_t updates = 0;
 };
 
 // Validates a step and counts what it needs; changes nothing but the
@@ -142,7 +136,6 @@ PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
     }
     e.first_fresh = r.fresh;
     r.fresh += e.fresh();
-    r.updates += e.updates();
     r.copies += e.copy_on_write ? 1 : 0;
     r.total_new += e.new_tokens;
     r.total_pages += e.pages;
@@ -199,7 +192,7 @@ void PagedKvCache::hash_new_pages(StepEntry& e, std::span<const std::int32_t> to
 // changes (the copy-on-write replacement of its last page, then its new
 // pages). O(batch + fresh pages).
 void PagedKvCache::fill_inputs(const Reservation& r) {
-  const MetadataLayout l = metadata_layout(r.entries.size(), r.total_new, r.total_pages, r.updates);
+  const MetadataLayout l = metadata_layout(r.entries.size(), r.total_new, r.total_pages, r.fresh);
   const std::size_t bytes = l.bytes - l.inputs;
   if (staging_.size() < bytes) staging_.resize(bytes);
   std::byte* in = staging_.data();
@@ -224,7 +217,7 @@ void PagedKvCache::fill_inputs(const Reservation& r) {
 // and builds the metadata on the device (one Backend::paged_build_step).
 PagedStepPlan PagedKvCache::build_plan(const Reservation& r) {
   const std::size_t batch = r.entries.size();
-  const MetadataLayout l = metadata_layout(batch, r.total_new, r.total_pages, r.updates);
+  const MetadataLayout l = metadata_layout(batch, r.total_new, r.total_pages, r.fresh);
   const Tensor buffer = Tensor::empty({l.bytes}, DType::U8, device_, stream_);
   auto* base = static_cast<std::byte*>(const_cast<void*>(buffer.data()));
   backend_->copy_host_to_device(base + l.inputs, staging_.data(), l.bytes - l.inputs, stream_);
@@ -250,11 +243,11 @@ PagedStepPlan PagedKvCache::build_plan(const Reservation& r) {
     backend_->copy_host_to_device(at(l.qo), zeros + 1, 4, stream_);
   }
   PagedStepPlan plan;
-  plan.slot_mapping = view(buffer, 0, r.total_new, DType::I64, stream_);
-  plan.kv_indptr = view(buffer, l.indptr, batch + 1, DType::I32, stream_);
-  plan.kv_indices = view(buffer, l.indices, r.total_pages, DType::I32, stream_);
-  plan.kv_last_page_len = view(buffer, l.last, batch, DType::I32, stream_);
-  plan.qo_indptr = view(buffer, l.qo, batch + 1, DType::I32, stream_);
+  plan.slot_mapping = packed_view(buffer, 0, {r.total_new}, DType::I64);
+  plan.kv_indptr = packed_view(buffer, l.indptr, {batch + 1}, DType::I32);
+  plan.kv_indices = packed_view(buffer, l.indices, {r.total_pages}, DType::I32);
+  plan.kv_last_page_len = packed_view(buffer, l.last, {batch}, DType::I32);
+  plan.qo_indptr = packed_view(buffer, l.qo, {batch + 1}, DType::I32);
   plan.batch = batch;
   plan.total_new = r.total_new;
   plan.cache_ = serial_;
