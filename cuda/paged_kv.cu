@@ -62,36 +62,35 @@ __global__ void __launch_bounds__(kPagedBlockThreads)
                     });
 }
 
+// Launches `kernel` over the row-copy grid of `op` (plan_paged over its
+// pages and tokens, `token_stride` for packed inputs, 0 otherwise).
+template <class Unit, class Op>
+cudaError_t launch_rows(void (*kernel)(Op, PagedLaunch), const Op& op, std::size_t token_stride,
+                        cudaStream_t stream) {
+  const PagedLaunch plan = plan_paged(op.pages, op.tokens, token_stride, sizeof(Unit));
+  kernel<<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(op,
+                                                                                                            plan);
+  return cudaGetLastError();
+}
+
 template <class Unit>
 struct LaunchWrite {
   static cudaError_t run(const PagedWrite& write, cudaStream_t stream) {
-    const PagedLaunch plan = plan_paged(write.pages, write.tokens, write.token_stride, sizeof(Unit));
-    paged_write_kernel<Unit>
-        <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(write,
-                                                                                                                plan);
-    return cudaGetLastError();
+    return launch_rows<Unit>(paged_write_kernel<Unit>, write, write.token_stride, stream);
   }
 };
 
 template <class Unit>
 struct LaunchGather {
   static cudaError_t run(const PagedGather& gather, cudaStream_t stream) {
-    const PagedLaunch plan = plan_paged(gather.pages, gather.tokens, 0, sizeof(Unit));
-    paged_gather_kernel<Unit>
-        <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(gather,
-                                                                                                                plan);
-    return cudaGetLastError();
+    return launch_rows<Unit>(paged_gather_kernel<Unit>, gather, 0, stream);
   }
 };
 
 template <class Unit>
 struct LaunchMove {
   static cudaError_t run(const PagedMove& move, cudaStream_t stream) {
-    const PagedLaunch plan = plan_paged(move.pages, move.tokens, 0, sizeof(Unit));
-    paged_move_kernel<Unit>
-        <<<dim3(plan.token_blocks, plan.pair_blocks), dim3(plan.unit_threads, plan.token_threads), 0, stream>>>(move,
-                                                                                                                plan);
-    return cudaGetLastError();
+    return launch_rows<Unit>(paged_move_kernel<Unit>, move, 0, stream);
   }
 };
 
