@@ -8,7 +8,7 @@
 
 namespace micache {
 
-// Memory access: per request, per query head, each key row read twice (the
+// Memory access: per request, per query head, each attended key row read twice (the
 // max, then the weights) and each value row once, in token order; the
 // order of every operation is PagedDecodeAttention's.
 void CpuBackend::paged_decode_attention(const PagedDecodeAttention& a, Stream stream) {
@@ -18,7 +18,8 @@ void CpuBackend::paged_decode_attention(const PagedDecodeAttention& a, Stream st
   const auto n = static_cast<std::uint32_t>(dim);
   std::vector<float> query(dim), key(dim), scores, accumulator(dim);
   for (std::size_t i = 0; i < a.batch; ++i) {
-    const std::size_t tokens = a.tokens(i);
+    const AttendedTokens attended = a.attended(i);
+    const std::size_t tokens = attended.count;
     scores.resize(tokens);
     for (std::size_t q = 0; q < a.qo_heads; ++q) {
       const std::size_t head = q / a.group_size();
@@ -27,7 +28,7 @@ void CpuBackend::paged_decode_attention(const PagedDecodeAttention& a, Stream st
         query[d] = load_as_f32(a.queries, pages.dtype, i * a.query_stride + q * dim + d);
       float max = -std::numeric_limits<float>::infinity();
       for (std::size_t t = 0; t < tokens; ++t) {
-        const std::size_t row = a.row(i, t, 0, head);
+        const std::size_t row = a.row(i, attended.token(t), 0, head);
         for (std::size_t d = 0; d < dim; ++d) key[d] = load_as_f32(pages.data, pages.dtype, row + d);
         scores[t] = detail::mul_rn(detail::warp_order_dot(query.data(), key.data(), n), a.scale);
         max = scores[t] > max ? scores[t] : max;
@@ -37,7 +38,7 @@ void CpuBackend::paged_decode_attention(const PagedDecodeAttention& a, Stream st
       for (std::size_t t = 0; t < tokens; ++t) {
         const float weight = detail::exp_f32(scores[t] - max);
         sum = detail::add_rn(sum, weight);
-        const std::size_t row = a.row(i, t, 1, head);
+        const std::size_t row = a.row(i, attended.token(t), 1, head);
         for (std::size_t d = 0; d < dim; ++d) {
           accumulator[d] =
               detail::add_rn(accumulator[d], detail::mul_rn(weight, load_as_f32(pages.data, pages.dtype, row + d)));

@@ -36,33 +36,51 @@ void CpuBackend::paged_build_step(const PagedStepBuild& build, Stream stream) {
   }
 }
 
-// Memory access: the scratch zeroed, then per live row the ids of its pages
-// (a reference and the fill of each), then the scratch summed in page order;
-// each asked row's length.
+// Memory access: each asked row's length and, with groups or a null page,
+// its rows' page ids; the scratch zeroed, then per live row and group the
+// ids of its pages (a reference and the fill of each), then the scratch
+// summed in page order.
 void CpuBackend::paged_accounting(const PagedAccounting& accounting, Stream stream) {
   require_live(stream);
   const PagedTables& tables = accounting.tables;
   const auto page_size = static_cast<std::int64_t>(tables.page_size);
   const auto page_bytes = static_cast<std::int64_t>(accounting.page_bytes);
   for (std::size_t b = 0; b < accounting.batch; ++b) {
-    const std::int32_t length = tables.lengths[accounting.rows[b]];
-    const auto pages = static_cast<std::int64_t>(tables.pages_of(static_cast<std::size_t>(length)));
+    const auto row = static_cast<std::size_t>(accounting.rows[b]);
+    const auto length = static_cast<std::size_t>(tables.lengths[row]);
+    auto pages = static_cast<std::int64_t>(tables.pages_of(length));
+    auto slots = static_cast<std::int64_t>(length);
+    if (accounting.groups != 1 || accounting.null_page >= 0) {  // count the columns that hold a page
+      pages = 0;
+      slots = 0;
+      for (std::size_t g = 0; g < accounting.groups; ++g) {
+        for (std::size_t j = 0; j < tables.pages_of(length); ++j) {
+          if (tables.page(row + g * accounting.group_rows, j) == accounting.null_page) continue;
+          ++pages;
+          slots += static_cast<std::int64_t>(tables.column_fill(length, j));
+        }
+      }
+    }
     std::int64_t* out = accounting.per_sequence + b * kPagedSequenceFields;
-    out[0] = length;
+    out[0] = static_cast<std::int64_t>(length);
     out[1] = pages;
     out[2] = pages * page_bytes;
-    out[3] = pages * page_size - length;
+    out[3] = pages * page_size - slots;
   }
   std::fill_n(accounting.page_refs, accounting.num_pages, 0u);
   std::fill_n(accounting.page_fill, accounting.num_pages, 0u);
   for (std::size_t i = 0; i < accounting.live; ++i) {
     const auto row = static_cast<std::size_t>(accounting.live_rows[i]);
     const auto length = static_cast<std::size_t>(tables.lengths[row]);
-    for (std::size_t j = 0; j < tables.pages_of(length); ++j) {
-      const auto page = static_cast<std::size_t>(tables.page(row, j));
-      ++accounting.page_refs[page];
-      accounting.page_fill[page] =
-          std::max(accounting.page_fill[page], static_cast<std::uint32_t>(tables.column_fill(length, j)));
+    for (std::size_t g = 0; g < accounting.groups; ++g) {
+      for (std::size_t j = 0; j < tables.pages_of(length); ++j) {
+        const std::int32_t id = tables.page(row + g * accounting.group_rows, j);
+        if (id == accounting.null_page) continue;
+        const auto page = static_cast<std::size_t>(id);
+        ++accounting.page_refs[page];
+        accounting.page_fill[page] =
+            std::max(accounting.page_fill[page], static_cast<std::uint32_t>(tables.column_fill(length, j)));
+      }
     }
   }
   std::int64_t referenced = 0;

@@ -14,16 +14,16 @@ constexpr unsigned kAttentionThreads = 256;
 constexpr unsigned kAttentionWarps = kAttentionThreads / 32;
 constexpr unsigned kChunk = static_cast<unsigned>(kPagedAttentionChunkTokens);
 
-// The scores of tokens [first, first + count) of request i against `query`
+// The scores of attended tokens [first, first + count) of request i against `query`
 // into scores[0, count): warp w takes tokens w, w + 8, ...; lane l sums the
 // products of elements l, l + 32, ... in order and warp_sum adds the lanes
 // (detail::warp_order_dot's tree); the score is then scaled once.
-__device__ void chunk_scores(const PagedDecodeAttention& a, std::size_t i, std::size_t head, std::size_t first,
-                             unsigned count, const float* query, float* scores) {
+__device__ void chunk_scores(const PagedDecodeAttention& a, const AttendedTokens& attended, std::size_t i,
+                             std::size_t head, std::size_t first, unsigned count, const float* query, float* scores) {
   const std::size_t dim = a.pages.head_dim;
   const unsigned lane = threadIdx.x % 32;
   for (unsigned j = threadIdx.x / 32; j < count; j += kAttentionWarps) {
-    const std::size_t row = a.row(i, first + j, 0, head);
+    const std::size_t row = a.row(i, attended.token(first + j), 0, head);
     float partial = 0.0f;
     for (std::size_t e = lane; e < dim; e += 32) {
       partial = detail::add_rn(partial, detail::mul_rn(query[e], load_as_f32(a.pages.data, a.pages.dtype, row + e)));
@@ -57,7 +57,8 @@ __global__ void __launch_bounds__(kAttentionThreads)
     const std::size_t i = pair / a.qo_heads;
     const std::size_t q = pair % a.qo_heads;
     const std::size_t head = q / a.group_size();
-    const std::size_t tokens = a.tokens(i);
+    const AttendedTokens attended = a.attended(i);
+    const std::size_t tokens = attended.count;
     float* out = a.out + pair * dim;
     for (std::size_t d = threadIdx.x; d < dim; d += kAttentionThreads) {
       query[d] = load_as_f32(a.queries, a.pages.dtype, i * a.query_stride + q * dim + d);
@@ -66,7 +67,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
     float max = -INFINITY;
     for (std::size_t first = 0; first < tokens; first += kChunk) {
       const auto count = static_cast<unsigned>(min(static_cast<std::size_t>(kChunk), tokens - first));
-      chunk_scores(a, i, head, first, count, query, scores);
+      chunk_scores(a, attended, i, head, first, count, query, scores);
       __syncthreads();
       for (unsigned j = 0; j < count; ++j) max = scores[j] > max ? scores[j] : max;
       __syncthreads();
@@ -74,7 +75,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
     float sum = 0.0f;
     for (std::size_t first = 0; first < tokens; first += kChunk) {
       const auto count = static_cast<unsigned>(min(static_cast<std::size_t>(kChunk), tokens - first));
-      chunk_scores(a, i, head, first, count, query, scores);
+      chunk_scores(a, attended, i, head, first, count, query, scores);
       __syncthreads();
       if (threadIdx.x < count) scores[threadIdx.x] = detail::exp_f32(scores[threadIdx.x] - max);
       __syncthreads();
@@ -82,7 +83,7 @@ __global__ void __launch_bounds__(kAttentionThreads)
       for (std::size_t d = threadIdx.x; d < dim; d += kAttentionThreads) {
         float acc = first == 0 ? 0.0f : out[d];
         for (unsigned j = 0; j < count; ++j) {
-          const std::size_t row = a.row(i, first + j, 1, head);
+          const std::size_t row = a.row(i, attended.token(first + j), 1, head);
           acc = detail::add_rn(acc, detail::mul_rn(scores[j], load_as_f32(a.pages.data, a.pages.dtype, row + d)));
         }
         out[d] = acc;

@@ -102,19 +102,33 @@ MICACHE_HOST_DEVICE inline void paged_step_write_thread(const PagedStepBuild& bu
 }
 
 /// Thread `tid` of `threads`' asked rows b (b % threads == tid): their
-/// per_sequence rows. O(batch / threads).
+/// per_sequence rows. O(batch / threads), times the rows' pages with groups or a null page.
 MICACHE_HOST_DEVICE inline void paged_accounting_sequence_thread(const PagedAccounting& accounting, unsigned tid,
                                                                  unsigned threads) {
   const PagedTables& tables = accounting.tables;
   const auto page_size = static_cast<std::int64_t>(tables.page_size);
   for (std::size_t b = tid; b < accounting.batch; b += threads) {
-    const std::int32_t length = tables.lengths[accounting.rows[b]];
-    const auto pages = static_cast<std::int64_t>(tables.pages_of(static_cast<std::size_t>(length)));
+    const auto row = static_cast<std::size_t>(accounting.rows[b]);
+    const auto length = static_cast<std::size_t>(tables.lengths[row]);
+    const std::size_t columns = tables.pages_of(length);
+    auto pages = static_cast<std::int64_t>(columns);
+    auto slots = static_cast<std::int64_t>(length);
+    if (accounting.groups != 1 || accounting.null_page >= 0) {
+      pages = 0;
+      slots = 0;
+      for (std::size_t g = 0; g < accounting.groups; ++g) {
+        for (std::size_t j = 0; j < columns; ++j) {
+          if (tables.page(row + g * accounting.group_rows, j) == accounting.null_page) continue;
+          ++pages;
+          slots += static_cast<std::int64_t>(tables.column_fill(length, j));
+        }
+      }
+    }
     std::int64_t* out = accounting.per_sequence + b * kPagedSequenceFields;
-    out[0] = length;
+    out[0] = static_cast<std::int64_t>(length);
     out[1] = pages;
     out[2] = pages * static_cast<std::int64_t>(accounting.page_bytes);
-    out[3] = pages * page_size - length;
+    out[3] = pages * page_size - slots;
   }
 }
 
@@ -127,20 +141,24 @@ MICACHE_HOST_DEVICE inline void paged_accounting_zero_thread(const PagedAccounti
   }
 }
 
-/// Lane `lane` of warp `warp` of `warps`' part of the counting: live rows i
-/// with i % warps == warp, their columns j with j % kPagedWarpLanes == lane;
-/// `count(page, fill)` for each (the kernel: an atomic add of one reference
-/// and an atomic max of the fill). O(live / warps * (1 + longest row's pages / 32)).
+/// Lane `lane` of warp `warp` of `warps`' part of the counting: the rows
+/// (live row i, group g) with (i * groups + g) % warps == warp, their
+/// columns j with j % kPagedWarpLanes == lane that hold a page; `count(page,
+/// fill)` for each (the kernel: an atomic add of one reference and an atomic
+/// max of the fill). O(live * groups / warps * (1 + longest row's pages / 32)).
 template <class Count>
 MICACHE_HOST_DEVICE void paged_accounting_count_thread(const PagedAccounting& accounting, unsigned warp, unsigned warps,
                                                        unsigned lane, Count&& count) {
   const PagedTables& tables = accounting.tables;
-  for (std::size_t i = warp; i < accounting.live; i += warps) {
-    const auto row = static_cast<std::size_t>(accounting.live_rows[i]);
-    const auto length = static_cast<std::size_t>(tables.lengths[row]);
+  for (std::size_t k = warp; k < accounting.live * accounting.groups; k += warps) {
+    const auto live_row = static_cast<std::size_t>(accounting.live_rows[k / accounting.groups]);
+    const std::size_t row = live_row + (k % accounting.groups) * accounting.group_rows;
+    const auto length = static_cast<std::size_t>(tables.lengths[live_row]);
     const std::size_t pages = tables.pages_of(length);
     for (std::size_t j = lane; j < pages; j += kPagedWarpLanes) {
-      count(static_cast<std::size_t>(tables.page(row, j)), static_cast<std::uint32_t>(tables.column_fill(length, j)));
+      const std::int32_t page = tables.page(row, j);
+      if (page == accounting.null_page) continue;
+      count(static_cast<std::size_t>(page), static_cast<std::uint32_t>(tables.column_fill(length, j)));
     }
   }
 }

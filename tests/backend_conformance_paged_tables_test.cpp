@@ -19,11 +19,12 @@
 //   before and after the step; updates replacing existing columns (copy on
 //   write of the last page), in shuffled order; page_size 1 and 16; rows
 //   not in the step and columns past a row's pages left as they were;
-// - paged_accounting (14): batch 0 and live 0; empty sequences; lengths on
+// - paged_accounting (16): batch 0 and live 0; empty sequences; lengths on
 //   page boundaries; rows sharing full pages, and a fork sharing every page
 //   with its parent (the partial last page too); page_size 1 and 16; pools
 //   wider than a block of threads, a row longer than a warp's lanes; page
-//   bytes above 2^32; asked rows repeated and not live.
+//   bytes above 2^32; asked rows repeated and not live; three layer groups,
+//   and window groups naming the null page.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -471,7 +472,13 @@ struct AccountingCase {
   std::vector<LiveRow> live = {};
   std::size_t random_live = 0;  ///< more live rows: lengths in [0, 3 * page_size], half sharing a prefix
   std::size_t asked = 0;        ///< rows asked about, drawn from every row (live or not) with repeats
+  std::size_t groups = 1;       ///< layer groups: rows r + g * rows of group g, of row r's length
+  std::size_t null_columns = 0;  ///< of each live row in groups past the first: its first columns name the null page
 };
+
+std::int32_t null_page(const AccountingCase& c) {
+  return c.null_columns > 0 ? static_cast<std::int32_t>(c.num_pages - 1) : -1;
+}
 
 struct AccountingData {
   Tables tables;
@@ -491,11 +498,11 @@ AccountingData accounting_data(const AccountingCase& c) {
     live.push_back({.length = rng() % (3 * c.page_size + 1), .shared_pages = rng() % 2 == 0 ? rng() % 3 : 0});
   }
   EXPECT_LE(live.size(), c.rows) << "more live rows than rows";
-  AccountingData data{Tables(c.rows, c.row_capacity, c.page_size, rng), {}, {}, {}, {}, {}, {}};
+  AccountingData data{Tables(c.rows * c.groups, c.row_capacity, c.page_size, rng), {}, {}, {}, {}, {}, {}};
   std::vector<std::int32_t> table_rows(c.rows);
   std::iota(table_rows.begin(), table_rows.end(), 0);
   std::shuffle(table_rows.begin(), table_rows.end(), rng);
-  std::vector<std::int32_t> pool(c.num_pages);
+  std::vector<std::int32_t> pool(c.num_pages - (c.null_columns > 0 ? 1 : 0));  // the last page may be the null one
   std::iota(pool.begin(), pool.end(), 0);
   std::shuffle(pool.begin(), pool.end(), rng);
   std::size_t next_fresh = 0;
@@ -520,8 +527,18 @@ AccountingData accounting_data(const AccountingCase& c) {
     }
     data.tables.lengths[row] = static_cast<std::int32_t>(length);
     data.live_rows.push_back(static_cast<std::int32_t>(row));
+    for (std::size_t g = 1; g < c.groups; ++g) {
+      const std::size_t other = row + g * c.rows;
+      for (std::size_t j = 0; j < pages; ++j) {
+        data.tables.page(other, j) = j < c.null_columns ? null_page(c) : pool[next_fresh++ % pool.size()];
+      }
+      data.tables.lengths[other] = static_cast<std::int32_t>(length);
+    }
   }
-  for (std::size_t b = 0; b < c.asked; ++b) data.rows.push_back(static_cast<std::int32_t>(rng() % c.rows));
+  for (std::size_t b = 0; b < c.asked; ++b) {  // with groups only live rows (their columns are read)
+    data.rows.push_back(c.groups > 1 || c.null_columns > 0 ? data.live_rows[rng() % data.live_rows.size()]
+                                                           : static_cast<std::int32_t>(rng() % c.rows));
+  }
   data.per_sequence = random_bytes(8 * kPagedSequenceFields * c.asked, seed + 1);
   data.pool = random_bytes(8 * kPagedPoolFields, seed + 2);
   data.page_refs = random_bytes(4 * c.num_pages, seed + 3);
@@ -540,20 +557,39 @@ struct AccountingResult {
 AccountingResult reference_accounting(const AccountingCase& c, const AccountingData& data) {
   AccountingResult out{data.per_sequence, data.pool};
   const Tables& tables = data.tables;
+  const auto page_at = [&](std::size_t row, std::size_t g, std::size_t j) {
+    return tables.block_table[(row + g * c.rows) * tables.row_capacity + j];
+  };
   for (std::size_t b = 0; b < data.rows.size(); ++b) {
-    const std::int64_t length = tables.lengths[static_cast<std::size_t>(data.rows[b])];
-    const auto pages = static_cast<std::int64_t>(pages_for(static_cast<std::size_t>(length), c.page_size));
+    const auto row = static_cast<std::size_t>(data.rows[b]);
+    const std::int64_t length = tables.lengths[row];
+    std::int64_t pages = 0, slots = 0;
+    for (std::size_t g = 0; g < c.groups; ++g) {
+      for (std::size_t j = 0; j < pages_for(static_cast<std::size_t>(length), c.page_size); ++j) {
+        if (c.groups == 1 && c.null_columns == 0) {  // the plain cache: every column counts
+          ++pages;
+          continue;
+        }
+        if (page_at(row, g, j) == null_page(c)) continue;
+        ++pages;
+        slots += static_cast<std::int64_t>(std::min(c.page_size, static_cast<std::size_t>(length) - j * c.page_size));
+      }
+    }
+    if (c.groups == 1 && c.null_columns == 0) slots = length;
     put<std::int64_t>(out.per_sequence, 4 * b, length);
     put<std::int64_t>(out.per_sequence, 4 * b + 1, pages);
     put<std::int64_t>(out.per_sequence, 4 * b + 2, pages * static_cast<std::int64_t>(c.page_bytes));
-    put<std::int64_t>(out.per_sequence, 4 * b + 3, pages * static_cast<std::int64_t>(c.page_size) - length);
+    put<std::int64_t>(out.per_sequence, 4 * b + 3, pages * static_cast<std::int64_t>(c.page_size) - slots);
   }
   std::map<std::int32_t, std::vector<std::size_t>> holders;
-  for (const std::int32_t row : data.live_rows) {
-    const auto length = static_cast<std::size_t>(tables.lengths[static_cast<std::size_t>(row)]);
-    for (std::size_t j = 0; j * c.page_size < length; ++j) {
-      holders[tables.block_table[static_cast<std::size_t>(row) * tables.row_capacity + j]].push_back(
-          std::min(c.page_size, length - j * c.page_size));
+  for (const std::int32_t live : data.live_rows) {
+    const auto row = static_cast<std::size_t>(live);
+    const auto length = static_cast<std::size_t>(tables.lengths[row]);
+    for (std::size_t g = 0; g < c.groups; ++g) {
+      for (std::size_t j = 0; j * c.page_size < length; ++j) {
+        if (page_at(row, g, j) == null_page(c)) continue;
+        holders[page_at(row, g, j)].push_back(std::min(c.page_size, length - j * c.page_size));
+      }
     }
   }
   std::int64_t shared = 0;
@@ -582,6 +618,9 @@ AccountingResult run_accounting(Backend& backend, const AccountingCase& c, const
   accounting.tables = tables.view();
   accounting.num_pages = c.num_pages;
   accounting.page_bytes = c.page_bytes;
+  accounting.groups = c.groups;
+  accounting.group_rows = c.rows;
+  accounting.null_page = null_page(c);
   accounting.rows = rows.as<std::int32_t>();
   accounting.batch = data.rows.size();
   accounting.live_rows = live_rows.as<std::int32_t>();
@@ -642,6 +681,18 @@ std::vector<AccountingCase> accounting_cases() {
        .asked = 2},
       {.name = "live_rows_not_asked", .random_live = 8, .asked = 0},
       {.name = "asked_rows_repeated_and_dead", .rows = 40, .random_live = 10, .asked = 60},
+      {.name = "three_layer_groups",
+       .num_pages = 400,
+       .live = {{.length = 40}, {.length = 45, .shared_pages = 2}, {.fork = true}, {.length = 5}},
+       .asked = 6,
+       .groups = 3},
+      {.name = "window_groups_naming_the_null_page",
+       .num_pages = 400,
+       .rows = 20,
+       .random_live = 12,
+       .asked = 16,
+       .groups = 2,
+       .null_columns = 2},
   };
 }
 

@@ -2103,6 +2103,16 @@ struct PagedAttentionCase {
   std::vector<std::size_t> lengths;  ///< tokens of each request (0: no pages)
   std::size_t query_pad = 0;         ///< elements between requests' queries past qo_heads * head_dim
   bool lse = true;
+  std::size_t window = 0;  ///< a window layer's: the last `window` tokens (and the first `sinks`) attended
+  std::size_t sinks = 0;
+
+  /// The tokens request i attends, in PagedDecodeAttention's terms.
+  AttendedTokens attended(std::size_t i) const {
+    const std::size_t total = lengths[i];
+    const std::size_t begin = window == 0 || total <= window ? 0 : total - window;
+    const std::size_t sinks_end = std::min(sinks, begin);
+    return {sinks_end, begin, sinks_end + total - begin};
+  }
 
   std::size_t batch() const { return lengths.size(); }
   std::size_t qo_heads() const { return kv_heads * group; }
@@ -2127,8 +2137,9 @@ struct PagedAttentionCase {
 };
 
 /// The pool's elements as floats (already rounded to the dtype; NaN in every
-/// slot no request holds, so a read past a request's length shows), the
-/// queries, and FlashInfer's metadata over shuffled page ids.
+/// slot no request holds or attends, so a read past a request's length or
+/// outside its window shows), the queries, and FlashInfer's metadata over
+/// shuffled page ids.
 struct PagedAttentionData {
   std::vector<float> pages;
   std::vector<float> queries;
@@ -2157,14 +2168,17 @@ PagedAttentionData paged_attention_data(const PagedAttentionCase& c) {
   data.kv_indptr.push_back(0);
   std::size_t next = 0, value = 0;
   for (std::size_t i = 0; i < c.batch(); ++i) {
+    const AttendedTokens attended = c.attended(i);
     for (std::size_t t = 0; t < c.lengths[i]; ++t) {
       if (t % c.page_size == 0) data.kv_indices.push_back(ids[next++]);
       const auto page = static_cast<std::size_t>(data.kv_indices.back());
+      const bool read = t < attended.sinks_end || t >= attended.window_begin;
       for (std::size_t h = 0; h < c.kv_heads; ++h) {
         const std::vector<float> key = keys.vector(c.head_dim);
         for (std::size_t d = 0; d < c.head_dim; ++d) {
-          data.pages[c.row(page, 0, t % c.page_size, h) + d] = rounded_to(key[d], c.dtype);
-          data.pages[c.row(page, 1, t % c.page_size, h) + d] = rounded_to(values[value++ % values.size()], c.dtype);
+          const float v = values[value++ % values.size()];
+          data.pages[c.row(page, 0, t % c.page_size, h) + d] = read ? rounded_to(key[d], c.dtype) : kNaN;
+          data.pages[c.row(page, 1, t % c.page_size, h) + d] = read ? rounded_to(v, c.dtype) : kNaN;
         }
       }
     }
@@ -2191,8 +2205,10 @@ AttentionOutputs reference_paged_attention(const PagedAttentionCase& c, const Pa
                                            const AttentionOutputs& start) {
   std::vector<float> out(c.batch() * c.qo_heads() * c.head_dim), lse(c.batch() * c.qo_heads());
   for (std::size_t i = 0; i < c.batch(); ++i) {
-    const std::size_t tokens = c.lengths[i];
-    const auto slot = [&](std::size_t t, std::size_t kind, std::size_t head) {
+    const AttendedTokens attended = c.attended(i);
+    const std::size_t tokens = attended.count;
+    const auto slot = [&](std::size_t u, std::size_t kind, std::size_t head) {
+      const std::size_t t = attended.token(u);
       const auto page =
           static_cast<std::size_t>(data.kv_indices[static_cast<std::size_t>(data.kv_indptr[i]) + t / c.page_size]);
       return data.pages.data() + c.row(page, kind, t % c.page_size, head);
@@ -2249,7 +2265,9 @@ std::pair<std::vector<double>, std::vector<double>> paged_attention_bounds(const
     for (std::size_t q = 0; q < c.qo_heads(); ++q) {
       for (std::size_t d = 0; d < c.head_dim; ++d) {
         double largest = 0.0;
-        for (std::size_t t = 0; t < c.lengths[i]; ++t) {
+        const AttendedTokens attended = c.attended(i);
+        for (std::size_t u = 0; u < attended.count; ++u) {
+          const std::size_t t = attended.token(u);
           const auto page =
               static_cast<std::size_t>(data.kv_indices[static_cast<std::size_t>(data.kv_indptr[i]) + t / c.page_size]);
           largest = std::max(largest, std::fabs(double{data.pages[c.row(page, 1, t % c.page_size, q / c.group) + d]}));
@@ -2292,6 +2310,8 @@ AttentionOutputs run_paged_attention(Backend& backend, const PagedAttentionCase&
   a.kv_indices = indices.as<std::int32_t>();
   a.kv_last_page_len = last.as<std::int32_t>();
   a.scale = data.scale;
+  a.window = c.window;
+  a.sinks = c.sinks;
   a.out = out.as<float>();
   a.lse = c.lse ? lse.as<float>() : nullptr;
   backend.paged_decode_attention(a, Stream{});
@@ -2338,6 +2358,16 @@ std::vector<PagedAttentionCase> paged_attention_cases() {
        .page_size = 1,
        .lengths = {6, 1}},
       {.name = "nhd_one_token", .lengths = {1}},
+      {.name = "nhd_window_8", .lengths = {37, 5, 8, 9}, .window = 8},
+      {.name = "hnd_bf16_sinks_4_window_20_gqa_4",
+       .layout = L::Hnd,
+       .dtype = D::BF16,
+       .group = 4,
+       .lengths = {70, 22, 3},
+       .window = 20,
+       .sinks = 4},
+      {.name = "nhd_window_1_sinks_past_the_window", .page_size = 4, .lengths = {1, 2, 30}, .window = 1, .sinks = 40},
+      {.name = "nhd_window_across_chunks", .lengths = {2 * chunk + 50}, .window = chunk + 7, .sinks = 3},
       {.name = "nhd_empty_request", .lengths = {0}},
       {.name = "hnd_bf16_empty_request_between", .layout = L::Hnd, .dtype = D::BF16, .lengths = {5, 0, 16, 0}},
       {.name = "nhd_bf16_batch_of_lengths", .dtype = D::BF16, .group = 4, .lengths = {1, 15, 16, 17, 0, 64, 100}},

@@ -173,7 +173,7 @@ TEST_P(PagedKvFileTest, FileHoldsOnlyTheUsedAndCachedPages) {
   history(cache);
   const SafetensorsReader file(saved(cache, "paged.safetensors"));
   EXPECT_EQ(*file.metadata("micache.cache"), "PagedKvCache");
-  EXPECT_EQ(*file.metadata("micache.paged_format"), "micache-paged/1");
+  EXPECT_EQ(*file.metadata("micache.paged_format"), "micache-paged/2");
   const std::size_t stored = cache.pool_stats().pages_used + cache.pool_stats().pages_cached;
   EXPECT_EQ(stored, 12u);
   for (const char* name : {"blocks.0.attn.kv_pages", "blocks.1.attn.kv_pages"}) {
@@ -267,7 +267,7 @@ TEST_P(PagedKvFileTest, OtherFormatVersionOrClassIsAnIoError) {
   const std::string path = saved(cache, "paged.safetensors");
   copy_editing(path, dir_.path("v0.safetensors"), "", {}, "micache.paged_format", "micache-paged/0");
   expect_error([&] { PagedKvCache::load(dir_.path("v0.safetensors"), GetParam()); }, ErrorCode::Io,
-               dir_.path("v0.safetensors") + ": paged format 'micache-paged/0', this build reads 'micache-paged/1'");
+               dir_.path("v0.safetensors") + ": paged format 'micache-paged/0', this build reads 'micache-paged/2'");
   KVCache kv(1);
   kv.save(dir_.path("kv.safetensors"));
   expect_error([&] { PagedKvCache::load(dir_.path("kv.safetensors"), GetParam()); }, ErrorCode::Io,
@@ -321,19 +321,19 @@ TEST_P(PagedKvFileTest, RestoreRejectsStoredPagesThatDoNotFit) {
   static_cast<void>(id);
   const PagedKvState s = cache.state();
   expect_error([&] { PagedKvCache::restore(cache.config(), s, std::vector<Tensor>{}, GetParam()); }, ErrorCode::Shape,
-               "restore: 0 stored page tensors for 2 layers");
+               "restore: 0 stored page tensors for 2 storage tensors");
   const Tensor wrong = Tensor::empty({3, 2, 4, kHeads, kDim}, DType::F32, GetParam());
   expect_error(
       [&] {
         PagedKvCache::restore(cache.config(), s, std::vector<Tensor>{wrong, wrong}, GetParam());
       },
-      ErrorCode::Shape, "restore: stored pages of layer 0 are [3, 2, 4, 2, 4], must be [2, 2, 4, 2, 4]");
+      ErrorCode::Shape, "restore: stored pages of storage tensor 0 are [3, 2, 4, 2, 4], must be [2, 2, 4, 2, 4]");
   const Tensor half = Tensor::empty({2, 2, 4, kHeads, kDim}, DType::F16, GetParam());
   expect_error(
       [&] {
         PagedKvCache::restore(cache.config(), s, std::vector<Tensor>{half, half}, GetParam());
       },
-      ErrorCode::Config, "restore: stored pages of layer 0 are f16, the config's dtype f32");
+      ErrorCode::Config, "restore: stored pages of storage tensor 0 are f16, the config's dtype f32");
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, PagedKvFileTest, ::testing::ValuesIn(test_devices()), device_param_name);

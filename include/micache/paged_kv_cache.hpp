@@ -39,12 +39,19 @@ enum class SequenceId : std::uint64_t {};
 /// are views into one packed buffer (accounted once, in memory_stats) that
 /// the step's build launch wrote from the device page tables, kept alive by
 /// any of them. They describe the step's `batch` sequences in the order of its ids:
-/// - `slot_mapping` I64 `[total_new]`: the slot (page * page_size + offset)
-///   of each new token, in the order of the ids, then of the tokens;
-/// - `kv_indptr` I32 `[batch + 1]`, `kv_indices` I32 `[sum of pages]`,
+/// - `slot_mapping` I64 `[groups x total_new]`: per layer group (see
+///   PagedLayerGroups; one unless some layer has a window), the slot (page *
+///   page_size + offset) of each new token, in the order of the ids, then of
+///   the tokens; `PagedKvCache::slot_mapping(plan, layer)` is a layer's part;
+/// - `kv_indptr` I32 `[batch + 1]`, `kv_indices` I32 `[groups x total_pages]`,
 ///   `kv_last_page_len` I32 `[batch]`: FlashInfer's paged metadata for the
 ///   attention after the write, every page of each sequence (new tokens
-///   included); the last page's length is in 1..page_size, 0 for an empty sequence;
+///   included), group after group (`PagedKvCache::kv_indices(plan, layer)`
+///   is a layer's part; kv_indptr and kv_last_page_len are every group's:
+///   the groups' tables are aligned, token t in column t / page_size of
+///   each); a window layer's column whose tokens it no longer attends names
+///   the null page (vLLM's null block; FlashInfer's window_left masks it);
+///   the last page's length is in 1..page_size, 0 for an empty sequence;
 /// - `qo_indptr` I32 `[batch + 1]`: prefix sums of the new token counts (prefill).
 /// A plan is valid for `PagedKvCache::write` until the next successful
 /// `begin_step`; its members are the cache's answer, to read, not to change.
@@ -55,8 +62,10 @@ class PagedStepPlan {
   Tensor kv_indices;
   Tensor kv_last_page_len;
   Tensor qo_indptr;
-  std::size_t batch = 0;      ///< sequences in the step
-  std::size_t total_new = 0;  ///< new tokens over the step
+  std::size_t batch = 0;        ///< sequences in the step
+  std::size_t total_new = 0;    ///< new tokens over the step
+  std::size_t total_pages = 0;  ///< pages over the step's sequences, in one group
+  std::size_t groups = 1;       ///< layer groups
 
  private:
   friend class PagedKvCache;
@@ -124,8 +133,18 @@ struct PrefixHit {
 /// prefix; named pages no sequence holds stay cached until a step needs
 /// their space, least recently released first (vLLM's automatic prefix caching).
 ///
-/// Not yet (a later slice): hybrid layer kinds (sliding-window layers that
-/// return pages to the pool as the window moves).
+/// Hybrid models: `config.layer_kinds` gives each layer a kind (full
+/// attention, a sliding window, sinks and a window); layers of one kind form
+/// groups with their own page tables over the one pool (PagedLayerGroups,
+/// vLLM's hybrid allocator), and one step serves every group. When a step
+/// lists a sequence of L tokens, each window layer group (window w, s sinks)
+/// gives back the pages of its whole columns whose tokens are all at least s
+/// and below L + 1 - w (no query of the step or later attends them): its
+/// table names the null page there (config.pool_pages()). A step reserves
+/// every group's pages for all its new tokens (a prefill's queries attend
+/// them), so a long prefill holds a window group's pages until the
+/// sequence's next step. Prefix caching (add_sequence(prompt)) shares
+/// nothing in a cache with window layers (its pages are not named).
 ///
 /// Thread safety: const queries may run concurrently; mutation needs exclusive
 /// access. Move-only: the pages and their bookkeeping are one; a moved-from
@@ -148,13 +167,17 @@ class PagedKvCache {
   Device device() const noexcept { return device_; }
   Stream stream() const noexcept { return stream_; }
 
-  /// The layer's page tensor (shares the cache's storage). Error: Hook
-  /// `layer 4 out of range (layers=4)`.
+  /// The layer's page tensor (shares the cache's storage): storage tensor
+  /// layer_groups().layer_slot[layer], shared by the layers of the same
+  /// slot in every group (each page belongs to one group at a time); with
+  /// one group, the layer's own. Error: Hook `layer 4 out of range (layers=4)`.
   Tensor pages(std::size_t layer) const;
   /// The layer's pages as the Backend's descriptor. Error: Hook as `pages`.
   PagedPages page_layout(std::size_t layer) const;
+  /// How the layers are grouped (config().layer_groups()).
+  const PagedLayerGroups& layer_groups() const noexcept { return groups_; }
 
-  /// A new empty sequence, with a row of the page tables. O(1). Error:
+  /// A new empty sequence, with a row of each group's page tables. O(groups). Error:
   /// OutOfMemory (`add_sequence: 1024 sequences alive, the most the page
   /// tables hold (max_sequences)`). Its pages are named as they fill when each
   /// step gives its token ids (see begin_step), with salt 0.
@@ -185,9 +208,10 @@ class PagedKvCache {
   std::size_t num_sequences() const noexcept { return sequences_.size(); }
   /// Tokens of `id`, reserved slots included. Error: Hook as `fork`.
   std::size_t length(SequenceId id) const;
-  /// Page ids of `id`, in token order: token t is in page t / page_size at
-  /// offset t % page_size. Error: Hook as `fork`.
-  std::vector<std::int32_t> pages_of(SequenceId id) const;
+  /// Page ids of `id` in `layer`'s group, in token order: token t is in page
+  /// t / page_size at offset t % page_size (the null page for the dropped
+  /// columns of a window layer). Error: Hook as `fork` (or for the layer).
+  std::vector<std::int32_t> pages_of(SequenceId id, std::size_t layer = 0) const;
   /// Original position of every token of `id`, oldest first (0..length-1
   /// until an eviction drops some). Error: Hook as `fork`.
   std::vector<std::size_t> positions(SequenceId id) const;
@@ -208,10 +232,15 @@ class PagedKvCache {
   /// or the plan's buffer); on any error nothing changed for any sequence.
   /// Errors also Config (`begin_step: sequence 2 of 30 tokens cannot grow by
   /// 3: at most 32 tokens (max_sequence_len)`).
-  /// Complexity: O(batch + fresh pages) on the host (+ O(new tokens) hashing
-  /// with token ids), one allocation, one host-to-device copy of 16 x batch
-  /// + 4 + 8 x fresh pages bytes, one Backend::paged_build_step launch,
-  /// n_layers device copies per page copied on write.
+  /// Window layer groups give back the pages no query attends any more (see
+  /// the class comment) before the step's pages are taken, so they serve
+  /// this step (the OutOfMemory message then counts them: `2 free (+3
+  /// window layers give back)`).
+  /// Complexity: O(groups x (batch + log pages) + fresh and dropped pages)
+  /// on the host (+ O(new tokens) hashing with token ids), one allocation,
+  /// one host-to-device copy of 16 x groups x batch + 4 + 8 x (fresh and
+  /// dropped pages) bytes, one Backend::paged_build_step launch, group_size
+  /// device copies per page copied on write.
   PagedStepPlan begin_step(std::span<const SequenceId> ids, std::span<const std::size_t> new_tokens,
                            std::span<const std::int32_t> token_ids = {});
 
@@ -225,9 +254,18 @@ class PagedKvCache {
   /// ([total_new, kv_heads, head_dim])`).
   void write(std::size_t layer, const PagedStepPlan& plan, const Tensor& keys, const Tensor& values);
 
+  /// `layer`'s part of `plan.slot_mapping`, I64 `[total_new]` (a view).
+  /// Error: Hook (layer), Config (a plan of another cache).
+  Tensor slot_mapping(const PagedStepPlan& plan, std::size_t layer) const;
+  /// `layer`'s part of `plan.kv_indices`, I32 `[total_pages]` (a view): with
+  /// kv_indptr and kv_last_page_len, the layer's FlashInfer metadata (and
+  /// window_left = kind window - 1 for a window layer). Errors as slot_mapping.
+  Tensor kv_indices(const PagedStepPlan& plan, std::size_t layer) const;
+
   /// The dense keys and values of `id` in `layer` (new tensors, each `[1,
   /// kv_heads, length, head_dim]`): one upload of its page ids and one
-  /// Backend::paged_gather. Errors: Hook (id or layer), OutOfMemory.
+  /// Backend::paged_gather; the tokens a window layer dropped read the null
+  /// page, zeros (the cache zeroes it at construction). Errors: Hook (id or layer), OutOfMemory.
   PagedKv gather(SequenceId id, std::size_t layer) const;
 
   /// Decode attention of the plan's sequences in `layer` (the reference
@@ -238,7 +276,8 @@ class PagedKvCache {
   /// head q / (qo_heads / kv_heads)); `scale` multiplies every score, 0
   /// meaning 1/sqrt(head_dim). Returns a new F32 `[batch, qo_heads,
   /// head_dim]` device tensor: softmax(scale q.k) v over each sequence's
-  /// tokens (new tokens included: write them first), zeros for an empty one.
+  /// tokens (new tokens included: write them first) that the layer's kind
+  /// attends from the last one (PagedLayerKind), zeros for an empty one.
   /// Errors: Hook (layer), Config (`decode_attention: the plan is of
   /// another cache (or of none)`, `... is of step 2, the cache is at step
   /// 3`; queries' dtype; `decode_attention: head_dim 8192 is above 4096` (the
@@ -257,12 +296,13 @@ class PagedKvCache {
   /// no synchronisation. Errors: Hook (unknown id), OutOfMemory.
   PagedDeviceAccounting device_accounting(std::span<const SequenceId> ids) const;
 
-  /// The device page tables' block table, int32 `[max_sequences,
+  /// The device page tables' block table of `layer`'s group, int32 `[max_sequences,
   /// row_capacity]` (a view of the cache's storage, vLLM's block_tables):
-  /// row `row_of(id)` holds the page ids of `id` in token order, its first
+  /// row `row_of(id)` holds the page ids of `id` in token order (pages_of(id, layer)), its first
   /// ceil(length / page_size) columns meaningful; kept up to date in stream
   /// order by every mutator (the rows of a step by its build launch).
-  Tensor block_table() const;
+  /// Error: Hook (layer).
+  Tensor block_table(std::size_t layer = 0) const;
   /// The page-table row of `id`. O(1). Error: Hook as `fork`.
   std::size_t row_of(SequenceId id) const;
 
@@ -282,10 +322,15 @@ class PagedKvCache {
   /// (its tokens are no longer a prompt's prefix). `positions(id)` gives each
   /// kept token's original position; kept keys keep the rotation they were
   /// stored with. Invalidates the current step plan (its pages changed).
+  /// Window layer groups compact the same way, the columns whose kept tokens
+  /// they had all dropped naming the null page; a kept token that a window
+  /// layer dropped must stay out of its window after the eviction (trim_to
+  /// keeps a suffix, so a window without sinks always does).
   /// Return false, changing nothing, when every token is kept.
   /// Errors: Hook (unknown id); OutOfMemory (`trim_to: sequence 3 needs 2
   /// fresh pages to compact into, 1 free and 0 cached of 8`, or the slot
-  /// list); on any error nothing changed.
+  /// list); Config (`evict_to_window: sequence 3: layers of window 8 dropped
+  /// token 2, which would be in their window after it`); on any error nothing changed.
   /// Complexity: O(length of id) on the host; bytes moved: the moved
   /// tokens' keys and values in every layer (at most one page's worth for a
   /// suffix, none when it starts on a page boundary).
@@ -307,17 +352,17 @@ class PagedKvCache {
 
   /// The prefix cache's counters. O(1).
   PrefixCacheStats prefix_stats() const noexcept;
-  /// The counters of `id`. O(1). Error: Hook as `fork`.
+  /// The counters of `id`. O(1), O(pages of id) with window layers. Error: Hook as `fork`.
   PagedSequenceStats sequence_stats(SequenceId id) const;
   /// Bytes of the tokens held, over every layer: pool_stats().tokens x
-  /// bytes_per_token() (as KVCache's: excludes the free slots of used pages).
+  /// slot_bytes() (as KVCache's: excludes the free slots of used pages).
   std::size_t memory_usage() const noexcept;
   /// Bytes the cache holds on the device, all allocated at construction: the
   /// page tensors (the whole pool) and the page tables (config().table_bytes()).
   std::size_t memory_reserved() const noexcept;
 
-  /// Writes the whole cache to the safetensors file `path`: per layer l
-  /// `blocks.{l}.attn.kv_pages`, the used and cached pages only
+  /// Writes the whole cache to the safetensors file `path`: per storage
+  /// tensor l (layer l with one group; see pages()) `blocks.{l}.attn.kv_pages`, the used and cached pages only
   /// (state().stored_pages(), in that order) as `[stored, 2, page_size,
   /// kv_heads, head_dim]` (HND: kv_heads before page_size) in the pages'
   /// dtype, so the file holds (used + cached) x page_bytes() bytes of pages;
@@ -330,8 +375,10 @@ class PagedKvCache {
   /// `.tail_tokens` with their `.page_offsets`, `.run_offsets` and
   /// `.tail_offsets` [n + 1] (64-bit values bit-cast). Metadata:
   /// `micache.cache` = `PagedKvCache`, `micache.paged_format` =
-  /// `micache-paged/1`, `micache.config` (JSON: every PagedKvConfig field,
-  /// dtype "f32"/"f16"/"bf16", layout "nhd"/"hnd"), `micache.next_id`,
+  /// `micache-paged/2` (load also reads /1, written before layer kinds),
+  /// `micache.config` (JSON: every PagedKvConfig field, dtype
+  /// "f32"/"f16"/"bf16", layout "nhd"/"hnd", layer_kinds [[window, sinks],
+  /// ...]), `micache.next_id`,
   /// `micache.step`, `micache.lookup_tokens`, `micache.hit_tokens`,
   /// `micache.hit_pages`, `micache.evictions`. One device-to-host copy per
   /// run of consecutive stored pages per layer (waits for the stream).
@@ -349,7 +396,7 @@ class PagedKvCache {
   /// the sequences' pages, runs and tail tokens); no device work.
   PagedKvState state() const;
   /// The restore hook: a cache of `config` in `state`, whose pages
-  /// state.stored_pages()[i] hold `stored[layer]`'s row i (each `[stored,
+  /// state.stored_pages()[i] hold `stored[l]`'s row i (one per storage tensor) (each `[stored,
   /// 2, page_size, kv_heads, head_dim]`, HND swapping page_size and kv_heads,
   /// config.dtype, on `device`; the other pages' bytes are unspecified).
   /// Validates everything before allocating: the config (its errors), then
@@ -369,7 +416,7 @@ class PagedKvCache {
 
  private:
   struct Sequence {
-    std::vector<std::int32_t> pages;
+    std::vector<std::vector<std::int32_t>> pages;  // per layer group, aligned: ceil(length / page_size) each
     std::size_t length = 0;
     PositionRuns positions;
     std::size_t next_position = 0;
@@ -400,7 +447,11 @@ class PagedKvCache {
   PagedTables tables() const noexcept;
   SequenceId adopt(Sequence&& s, const char* operation);
   void upload_row(const Sequence& s, std::size_t first_column);
-  Compaction plan_compaction(const Sequence& s, const KeptTokens& kept) const;
+  std::size_t group_of(std::size_t layer) const;
+  PagedPages storage_layout(std::size_t slot) const noexcept;
+  std::size_t first_held_column(const std::vector<std::int32_t>& pages, const PagedLayerKind& kind) const;
+  void retain_pages(const Sequence& s);
+  Compaction plan_compaction(SequenceId id, const Sequence& s, const KeptTokens& kept, const char* operation) const;
   bool compact(SequenceId id, const KeptTokens& kept, const char* operation);
   void check_tokens(const Tensor& tensor, std::size_t tokens, const char* what) const;
 
@@ -409,9 +460,11 @@ class PagedKvCache {
   Stream stream_;
   Backend* backend_ = nullptr;
   std::size_t num_pages_ = 0;
-  std::size_t token_bytes_ = 0;  // config_.bytes_per_token()
+  PagedLayerGroups groups_;
+  std::int32_t null_page_ = -1;  // config_.pool_pages() with window layers, else -1
+  std::size_t slot_bytes_ = 0;   // config_.slot_bytes()
   std::size_t page_bytes_ = 0;   // config_.page_bytes()
-  std::vector<Tensor> pages_;    // per layer
+  std::vector<Tensor> pages_;    // per storage slot (group_size of them)
   std::size_t sequence_len_ = 0;  // config_.sequence_len()
   std::size_t row_capacity_ = 0;  // config_.row_capacity()
   Tensor tables_;                 // I32: the block table [max_sequences, row_capacity_], then the row lengths
@@ -422,7 +475,7 @@ class PagedKvCache {
   std::uint64_t serial_ = 0;        // this cache's, for its plans
   std::uint64_t step_ = 0;          // successful begin_step calls
   std::uint64_t listing_ = 0;       // begin_step calls
-  std::size_t tokens_ = 0;          // distinct tokens in used pages
+  std::size_t tokens_ = 0;          // filled slots in used pages, each page's once
   std::uint64_t lookup_tokens_ = 0;
   std::uint64_t hit_tokens_ = 0;
   std::uint64_t hit_pages_ = 0;

@@ -13,7 +13,10 @@ namespace micache {
 /// One sequence of a PagedKvState: everything PagedKvCache keeps of it.
 struct PagedSequenceState {
   std::uint64_t id = 0;                      ///< its SequenceId
-  std::vector<std::int32_t> pages;           ///< page ids in token order, ceil(length / page_size) of them
+  /// Page ids in token order, ceil(length / page_size) per layer group,
+  /// group after group; a window group's dropped columns hold the null page
+  /// (PagedKvConfig::pool_pages()).
+  std::vector<std::int32_t> pages;
   std::size_t length = 0;                    ///< tokens, reserved slots included
   std::vector<PositionRuns::Run> positions;  ///< original positions of its tokens, as runs, oldest first
   std::size_t next_position = 0;             ///< the position its next token gets
@@ -46,7 +49,7 @@ struct PagedPageName {
 /// in `free_pages`).
 struct PagedKvState {
   std::vector<PagedSequenceState> sequences;  ///< in increasing id order
-  std::vector<std::uint32_t> references;      ///< per page: sequences holding it
+  std::vector<std::uint32_t> references;      ///< per page (pool_pages() of them): sequences holding it
   std::vector<std::int32_t> free_pages;       ///< the free stack, bottom first: back() is handed out next
   std::vector<std::int32_t> cached_pages;     ///< the prefix cache, least recently released first
   std::vector<PagedPageName> names;           ///< the named pages (used or cached), in increasing page order

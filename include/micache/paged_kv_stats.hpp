@@ -11,8 +11,10 @@ namespace micache {
 /// The pool's counters. Pages: used + cached + free = total; a used page is
 /// held by one or more sequences, shared when by more than one; a cached
 /// page is held by none but keeps its tokens for a later prompt with the same
-/// prefix (the prefix cache). Tokens: slots filled or reserved in used
-/// pages, each stored token counted once (a shared page's tokens once).
+/// prefix (the prefix cache); pages_total excludes the null page
+/// (config.pool_pages()). Tokens: slots filled or reserved in used pages,
+/// each page's once (a shared page's tokens once); with window layers a
+/// token counts once per layer group whose pages hold it.
 struct PagedPoolStats {
   std::size_t pages_total = 0;
   std::size_t pages_used = 0;
@@ -36,9 +38,10 @@ struct PrefixCacheStats {
   std::size_t named_pages = 0;      ///< pages that have a name now (used or cached)
 };
 
-/// One sequence's counters: its tokens, the pages it holds (shared ones
-/// included), their bytes over every layer (pages x page_bytes()) and the
-/// empty slots of its pages (pages x page_size - tokens).
+/// One sequence's counters: its tokens, the pages it holds over every layer
+/// group (shared ones included; a window layer's dropped ones not), their
+/// bytes (pages x page_bytes()) and the empty slots of those pages (pages x
+/// page_size - tokens with one group).
 struct PagedSequenceStats {
   std::size_t tokens = 0;
   std::size_t pages = 0;

@@ -12,7 +12,7 @@ namespace micache {
 
 Tensor PagedKvCache::decode_attention(std::size_t layer, const PagedStepPlan& plan, const Tensor& queries,
                                       float scale) const {
-  detail::require_index(layer, pages_.size(), "layer", "layers");
+  const std::size_t group = group_of(layer);
   if (plan.cache_ != serial_) {
     throw Error(ErrorCode::Config, "decode_attention: the plan is of another cache (or of none)");
   }
@@ -53,9 +53,12 @@ Tensor PagedKvCache::decode_attention(std::size_t layer, const PagedStepPlan& pl
                            .batch = plan.batch,
                            .qo_heads = qo_heads,
                            .kv_indptr = static_cast<const std::int32_t*>(plan.kv_indptr.data()),
-                           .kv_indices = static_cast<const std::int32_t*>(plan.kv_indices.data()),
+                           .kv_indices = static_cast<const std::int32_t*>(plan.kv_indices.data()) +
+                                         group * plan.total_pages,
                            .kv_last_page_len = static_cast<const std::int32_t*>(plan.kv_last_page_len.data()),
                            .scale = applied,
+                           .window = groups_.group_kinds[group].window,
+                           .sinks = groups_.group_kinds[group].sinks,
                            .out = static_cast<float*>(const_cast<void*>(out.data())),
                            .lse = nullptr},
       stream_);

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "micache/backend/backend.hpp"
 #include "micache/error.hpp"
@@ -35,20 +36,30 @@ PagedKvCache::PagedKvCache(const PagedKvConfig& config, Device device, Stream st
     : config_(config), device_(device), stream_(stream) {
   config_.validate();
   num_pages_ = config_.pages();
-  token_bytes_ = config_.bytes_per_token();
+  groups_ = config_.layer_groups();
+  if (groups_.has_windows()) null_page_ = static_cast<std::int32_t>(config_.pool_pages());
+  slot_bytes_ = config_.slot_bytes();
   page_bytes_ = config_.page_bytes();
   backend_ = &backend_for(device);
   std::vector<Tensor> pages;
-  pages.reserve(config_.n_layers);
-  for (std::size_t l = 0; l < config_.n_layers; ++l) {
+  pages.reserve(groups_.group_size);
+  for (std::size_t l = 0; l < groups_.group_size; ++l) {
     pages.push_back(Tensor::empty(page_tensor_shape(config_, num_pages_), config_.dtype, device, stream));
   }
   sequence_len_ = config_.sequence_len();
   row_capacity_ = config_.row_capacity();
   tables_ = Tensor::empty({config_.table_bytes() / 4}, DType::I32, device, stream);
-  pool_ = std::make_unique<detail::PagePool>(num_pages_);
+  pool_ = std::make_unique<detail::PagePool>(config_.pool_pages());
   free_rows_.reserve(config_.max_sequences);
   for (std::size_t r = config_.max_sequences; r > 0; --r) free_rows_.push_back(static_cast<std::int32_t>(r - 1));
+  if (null_page_ >= 0) {  // zeros, so that a window layer's dropped tokens gather as zeros
+    const std::size_t bytes = page_bytes_ / groups_.group_size;
+    const std::vector<std::byte> zeros(bytes);
+    for (const Tensor& storage : pages) {
+      auto* base = static_cast<std::byte*>(const_cast<void*>(storage.data()));
+      backend_->copy_host_to_device(base + static_cast<std::size_t>(null_page_) * bytes, zeros.data(), bytes, stream);
+    }
+  }
   pages_ = std::move(pages);
   serial_ = next_serial.fetch_add(1, std::memory_order_relaxed);
 }
@@ -58,15 +69,24 @@ PagedKvCache& PagedKvCache::operator=(PagedKvCache&&) noexcept = default;
 PagedKvCache::~PagedKvCache() = default;
 
 Tensor PagedKvCache::pages(std::size_t layer) const {
-  detail::require_index(layer, pages_.size(), "layer", "layers");
-  return pages_[layer];
+  detail::require_index(layer, config_.n_layers, "layer", "layers");
+  return pages_[groups_.layer_slot[layer]];
+}
+
+std::size_t PagedKvCache::group_of(std::size_t layer) const {
+  detail::require_index(layer, config_.n_layers, "layer", "layers");
+  return groups_.layer_group[layer];
 }
 
 PagedPages PagedKvCache::page_layout(std::size_t layer) const {
-  detail::require_index(layer, pages_.size(), "layer", "layers");
+  detail::require_index(layer, config_.n_layers, "layer", "layers");
+  return storage_layout(groups_.layer_slot[layer]);
+}
+
+PagedPages PagedKvCache::storage_layout(std::size_t slot) const noexcept {
   // The descriptor hands out the storage for writing: the pages are the
   // caller's to fill through FlashInfer as well as through `write`.
-  return PagedPages{.data = const_cast<void*>(pages_[layer].data()),
+  return PagedPages{.data = const_cast<void*>(pages_[slot].data()),
                     .dtype = config_.dtype,
                     .layout = config_.layout,
                     .num_pages = num_pages_,
@@ -89,37 +109,48 @@ SequenceId PagedKvCache::add_sequence() { return add_sequence(std::span<const st
 
 PrefixHit PagedKvCache::add_sequence(std::span<const std::int32_t> prompt, std::uint64_t salt) {
   const std::size_t page_size = config_.page_size;
-  const std::size_t usable = std::min(prompt.empty() ? 0 : (prompt.size() - 1) / page_size, row_capacity_);
+  const bool naming = !groups_.has_windows();  // pages are named only without window layers
+  const std::size_t usable = naming ? std::min(prompt.empty() ? 0 : (prompt.size() - 1) / page_size, row_capacity_) : 0;
   Sequence s;
+  s.pages.resize(groups_.groups());
+  s.naming = naming;
   s.salt = salt;
   detail::PageHash chain{};
   for (std::size_t j = 0; j < usable; ++j) {
     const detail::PageHash hash = detail::hash_page(chain, salt, prompt.subspan(j * page_size, page_size));
     const std::int32_t page = pool_->find(hash);
     if (page < 0) break;
-    s.pages.push_back(page);
+    s.pages[0].push_back(page);
     chain = hash;
   }
   s.chain = {chain.low, chain.high};
-  s.length = s.pages.size() * page_size;
+  s.length = s.pages[0].size() * page_size;
   s.positions.append(0, s.length);
   s.next_position = s.length;
   const SequenceId id = adopt(std::move(s), "add_sequence");
   const Sequence& added = sequences_.at(id);
-  for (const std::int32_t page : added.pages) {
+  for (const std::int32_t page : added.pages[0]) {
     if (pool_->references(page) == 0) tokens_ += page_size;  // a cached page is used again
     pool_->retain(page);
   }
   lookup_tokens_ += prompt.size();
   hit_tokens_ += added.length;
-  hit_pages_ += added.pages.size();
+  hit_pages_ += added.pages[0].size();
   return PrefixHit{.id = id, .cached_tokens = added.length};
+}
+
+void PagedKvCache::retain_pages(const Sequence& s) {
+  for (const auto& group : s.pages) {
+    for (const std::int32_t page : group) {
+      if (page != null_page_) pool_->retain(page);
+    }
+  }
 }
 
 SequenceId PagedKvCache::fork(SequenceId parent) {
   Sequence child = sequence_or_throw(parent, "fork");
   const SequenceId id = adopt(std::move(child), "fork");
-  for (const std::int32_t page : sequences_.at(id).pages) pool_->retain(page);
+  retain_pages(sequences_.at(id));
   return id;
 }
 
@@ -142,29 +173,34 @@ SequenceId PagedKvCache::adopt(Sequence&& s, const char* operation) {
 
 PagedTables PagedKvCache::tables() const noexcept {
   auto* base = static_cast<std::int32_t*>(const_cast<void*>(tables_.data()));
+  const std::size_t rows = groups_.groups() * config_.max_sequences;
   return PagedTables{.block_table = base,
-                     .lengths = base + config_.max_sequences * row_capacity_,
-                     .rows = config_.max_sequences,
+                     .lengths = base + rows * row_capacity_,
+                     .rows = rows,
                      .row_capacity = row_capacity_,
                      .page_size = config_.page_size};
 }
 
-// Sends columns [first_column, pages) of `s`'s row and its length to the
-// device page tables, in stream order (two host-to-device copies; the
-// host's data may change once they return).
+// Sends columns [first_column, pages) of `s`'s rows and their length to the
+// device page tables, in stream order (two host-to-device copies per group;
+// the host's data may change once they return).
 void PagedKvCache::upload_row(const Sequence& s, std::size_t first_column) {
   const PagedTables t = tables();
-  const auto row = static_cast<std::size_t>(s.row);
-  if (first_column < s.pages.size()) {
-    backend_->copy_host_to_device(&t.page(row, first_column), s.pages.data() + first_column,
-                                  4 * (s.pages.size() - first_column), stream_);
-  }
   const auto length = static_cast<std::int32_t>(s.length);
-  backend_->copy_host_to_device(t.lengths + row, &length, 4, stream_);
+  for (std::size_t g = 0; g < s.pages.size(); ++g) {
+    const std::size_t row = static_cast<std::size_t>(s.row) + g * config_.max_sequences;
+    const std::vector<std::int32_t>& pages = s.pages[g];
+    if (first_column < pages.size()) {
+      backend_->copy_host_to_device(&t.page(row, first_column), pages.data() + first_column,
+                                    4 * (pages.size() - first_column), stream_);
+    }
+    backend_->copy_host_to_device(t.lengths + row, &length, 4, stream_);
+  }
 }
 
-Tensor PagedKvCache::block_table() const {
-  return tables_.narrow(0, config_.max_sequences * row_capacity_).reshape({config_.max_sequences, row_capacity_});
+Tensor PagedKvCache::block_table(std::size_t layer) const {
+  const std::size_t table = config_.max_sequences * row_capacity_;
+  return tables_.narrow(group_of(layer) * table, table).reshape({config_.max_sequences, row_capacity_});
 }
 
 std::size_t PagedKvCache::row_of(SequenceId id) const {
@@ -176,8 +212,10 @@ void PagedKvCache::release(SequenceId id) {
   if (found == sequences_.end()) throw_unknown(id, "release");
   const Sequence& s = found->second;
   const std::size_t page_size = config_.page_size;
-  for (std::size_t i = s.pages.size(); i-- > 0;) {
-    if (pool_->release(s.pages[i])) tokens_ -= std::min(page_size, s.length - i * page_size);
+  for (const std::vector<std::int32_t>& pages : s.pages) {
+    for (std::size_t i = pages.size(); i-- > 0;) {
+      if (pages[i] != null_page_ && pool_->release(pages[i])) tokens_ -= std::min(page_size, s.length - i * page_size);
+    }
   }
   free_rows_.push_back(s.row);  // within the capacity reserved at construction
   sequences_.erase(found);
@@ -185,8 +223,9 @@ void PagedKvCache::release(SequenceId id) {
 
 std::size_t PagedKvCache::length(SequenceId id) const { return sequence_or_throw(id, "length").length; }
 
-std::vector<std::int32_t> PagedKvCache::pages_of(SequenceId id) const {
-  return sequence_or_throw(id, "pages_of").pages;
+std::vector<std::int32_t> PagedKvCache::pages_of(SequenceId id, std::size_t layer) const {
+  const Sequence& s = sequence_or_throw(id, "pages_of");
+  return s.pages[group_of(layer)];
 }
 
 std::vector<std::size_t> PagedKvCache::positions(SequenceId id) const {
@@ -195,12 +234,12 @@ std::vector<std::size_t> PagedKvCache::positions(SequenceId id) const {
 
 PagedKv PagedKvCache::gather(SequenceId id, std::size_t layer) const {
   const Sequence& s = sequence_or_throw(id, "gather");
-  detail::require_index(layer, pages_.size(), "layer", "layers");
+  const std::vector<std::int32_t>& pages = s.pages[group_of(layer)];
   const Shape shape{1, config_.kv_heads, s.length, config_.head_dim};
   PagedKv out{Tensor::empty(shape, config_.dtype, device_, stream_),
               Tensor::empty(shape, config_.dtype, device_, stream_)};
   if (s.length == 0) return out;
-  const Tensor page_ids = Tensor::from_host_i32(s.pages, {s.pages.size()}, device_, stream_);
+  const Tensor page_ids = Tensor::from_host_i32(pages, {pages.size()}, device_, stream_);
   backend_->paged_gather(PagedGather{.pages = page_layout(layer),
                                      .page_ids = static_cast<const std::int32_t*>(page_ids.data()),
                                      .tokens = s.length,
@@ -234,13 +273,25 @@ PrefixCacheStats PagedKvCache::prefix_stats() const noexcept {
 
 PagedSequenceStats PagedKvCache::sequence_stats(SequenceId id) const {
   const Sequence& s = sequence_or_throw(id, "sequence_stats");
-  return PagedSequenceStats{.tokens = s.length,
-                            .pages = s.pages.size(),
-                            .bytes = s.pages.size() * page_bytes_,
-                            .slack = s.pages.size() * config_.page_size - s.length};
+  const std::size_t page_size = config_.page_size;
+  std::size_t pages = 0, slots = 0;
+  for (const std::vector<std::int32_t>& group : s.pages) {
+    if (null_page_ < 0) {
+      pages += group.size();
+      slots += s.length;
+      continue;
+    }
+    for (std::size_t j = 0; j < group.size(); ++j) {
+      if (group[j] == null_page_) continue;
+      ++pages;
+      slots += std::min(page_size, s.length - j * page_size);
+    }
+  }
+  return PagedSequenceStats{
+      .tokens = s.length, .pages = pages, .bytes = pages * page_bytes_, .slack = pages * page_size - slots};
 }
 
-std::size_t PagedKvCache::memory_usage() const noexcept { return tokens_ * token_bytes_; }
+std::size_t PagedKvCache::memory_usage() const noexcept { return tokens_ * slot_bytes_; }
 
 std::size_t PagedKvCache::memory_reserved() const noexcept { return num_pages_ * page_bytes_ + tables_.nbytes(); }
 

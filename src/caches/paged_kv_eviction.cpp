@@ -17,68 +17,96 @@
 
 namespace micache {
 
-// What one compaction does: the sequence's page list after it (fresh pages
+// What one compaction does: the sequence's page lists after it (fresh pages
 // as the pool will hand them out), the slots whose tokens move, and the
-// token counts that change (for the pool's distinct-token counter).
+// slot counts that change (for the pool's token counter).
 struct PagedKvCache::Compaction {
-  std::vector<std::int32_t> pages;
-  std::vector<bool> fresh;          // per page of `pages`
-  std::vector<bool> old_kept;       // per old page: reused as is
-  std::vector<std::int64_t> slots;  // source slots, then destination slots
+  std::vector<std::vector<std::int32_t>> pages;  // per group
+  std::vector<std::vector<bool>> old_kept;       // per group, per old column: reused as is
+  std::vector<std::int64_t> slots;               // source slots, then destination slots
   std::size_t moves = 0;
   std::size_t fresh_pages = 0;
   std::size_t tokens_added = 0;    // into fresh pages
   std::size_t tokens_dropped = 0;  // from reused pages that shrink
 };
 
-// Plans keeping `kept` of `s` packed from slot 0. New page k holds kept
-// tokens [k * page_size, ...): when they are one old page's first tokens in
-// order (all of its tokens, or fewer of an unshared unnamed page, whose
-// stale slots nobody else reads), that page is kept as it is; otherwise the
-// tokens move into a fresh page. Host only; allocates, changes nothing.
-PagedKvCache::Compaction PagedKvCache::plan_compaction(const Sequence& s, const KeptTokens& kept) const {
+// Plans keeping `kept` of `s` packed from slot 0, group by group. New page
+// k holds kept tokens [k * page_size, ...): when they are one old page's
+// first tokens in order (all of its tokens, or fewer of an unshared unnamed
+// page, whose stale slots nobody else reads), that page is kept as it is;
+// when a window group holds none of them (it dropped them all), the column
+// names the null page; otherwise the tokens it holds move into a fresh page.
+// Host only; allocates, changes nothing. Error: Config when a window group
+// dropped a kept token its window would attend after the compaction.
+PagedKvCache::Compaction PagedKvCache::plan_compaction(SequenceId id, const Sequence& s, const KeptTokens& kept,
+                                                       const char* operation) const {
   const std::size_t page_size = config_.page_size;
   const std::vector<std::size_t> index = kept.ranges().expand();
+  const std::size_t length = index.size();
   const auto fill = [&](std::size_t page) { return std::min(page_size, s.length - page * page_size); };
+  const std::size_t pages = (length + page_size - 1) / page_size;
   Compaction c;
-  c.old_kept.assign(s.pages.size(), false);
-  const std::size_t pages = (index.size() + page_size - 1) / page_size;
-  for (std::size_t k = 0; k < pages; ++k) {
-    const std::size_t first = k * page_size, count = std::min(page_size, index.size() - first);
-    const std::size_t source = index[first] / page_size;
-    const std::int32_t old = s.pages[source];
-    const bool in_order = index[first] % page_size == 0 && index[first + count - 1] == index[first] + count - 1;
-    const bool whole = count == fill(source);
-    const bool private_page = pool_->references(old) == 1 && !pool_->named(old);
-    if (in_order && (whole || private_page)) {
-      c.pages.push_back(old);
-      c.fresh.push_back(false);
-      c.old_kept[source] = true;
-      c.tokens_dropped += fill(source) - count;
-      continue;
-    }
-    c.pages.push_back(-1);  // filled with the pool's next page below
-    c.fresh.push_back(true);
-    ++c.fresh_pages;
-    c.tokens_added += count;
-    for (std::size_t i = first; i < first + count; ++i) {
-      const std::size_t t = index[i];
-      c.slots.push_back(
-          static_cast<std::int64_t>(static_cast<std::size_t>(s.pages[t / page_size]) * page_size + t % page_size));
+  c.pages.resize(s.pages.size());
+  c.old_kept.resize(s.pages.size());
+  std::vector<std::size_t> destinations;  // per move: fresh page ordinal * page_size + offset
+  for (std::size_t g = 0; g < s.pages.size(); ++g) {
+    const std::vector<std::int32_t>& old = s.pages[g];
+    const PagedLayerKind& kind = groups_.group_kinds[g];
+    const auto held = [&](std::size_t t) { return old[t / page_size] != null_page_; };
+    const auto attended = [&](std::size_t i) { return kind.is_full() || i < kind.sinks || i + kind.window > length; };
+    c.old_kept[g].assign(old.size(), false);
+    for (std::size_t k = 0; k < pages; ++k) {
+      const std::size_t first = k * page_size, count = std::min(page_size, length - first);
+      bool any_held = false;
+      for (std::size_t i = first; i < first + count; ++i) {
+        if (held(index[i])) {
+          any_held = true;
+        } else if (attended(i)) {
+          throw Error(ErrorCode::Config,
+                      fmt::format("{}: sequence {}: layers of window {} dropped token {}, which would be in their "
+                                  "window after it",
+                                  operation, static_cast<std::uint64_t>(id), kind.window, index[i]));
+        }
+      }
+      if (!any_held) {
+        c.pages[g].push_back(null_page_);
+        continue;
+      }
+      const std::size_t source = index[first] / page_size;
+      const std::int32_t page = old[source];
+      const bool in_order = index[first] % page_size == 0 && index[first + count - 1] == index[first] + count - 1;
+      const bool whole = count == fill(source);
+      const bool private_page = page != null_page_ && pool_->references(page) == 1 && !pool_->named(page);
+      if (page != null_page_ && in_order && (whole || private_page)) {
+        c.pages[g].push_back(page);
+        c.old_kept[g][source] = true;
+        c.tokens_dropped += fill(source) - count;
+        continue;
+      }
+      c.pages[g].push_back(-1);  // filled with the pool's next page below
+      c.tokens_added += count;
+      for (std::size_t i = first; i < first + count; ++i) {
+        const std::size_t t = index[i];
+        if (!held(t)) continue;
+        c.slots.push_back(
+            static_cast<std::int64_t>(static_cast<std::size_t>(old[t / page_size]) * page_size + t % page_size));
+        destinations.push_back(c.fresh_pages * page_size + (i - first));
+      }
+      ++c.fresh_pages;
     }
   }
   if (c.fresh_pages > pool_->available()) return c;  // the caller reports it
   std::vector<std::int32_t> fresh_ids;
   pool_->next_pages(c.fresh_pages, fresh_ids);
   c.moves = c.slots.size();
-  c.slots.resize(2 * c.moves);
-  std::size_t next = 0, moved = 0;
-  for (std::size_t k = 0; k < pages; ++k) {
-    if (!c.fresh[k]) continue;
-    c.pages[k] = fresh_ids[next++];
-    const std::size_t count = std::min(page_size, index.size() - k * page_size);
-    for (std::size_t i = 0; i < count; ++i) {
-      c.slots[c.moves + moved++] = static_cast<std::int64_t>(static_cast<std::size_t>(c.pages[k]) * page_size + i);
+  for (const std::size_t d : destinations) {
+    c.slots.push_back(
+        static_cast<std::int64_t>(static_cast<std::size_t>(fresh_ids[d / page_size]) * page_size + d % page_size));
+  }
+  std::size_t next = 0;
+  for (auto& group : c.pages) {
+    for (std::int32_t& page : group) {
+      if (page == -1) page = fresh_ids[next++];
     }
   }
   return c;
@@ -87,7 +115,7 @@ PagedKvCache::Compaction PagedKvCache::plan_compaction(const Sequence& s, const 
 bool PagedKvCache::compact(SequenceId id, const KeptTokens& kept, const char* operation) {
   Sequence& s = sequence_or_throw(id, operation);
   if (kept.size() == s.length) return false;
-  Compaction c = plan_compaction(s, kept);
+  Compaction c = plan_compaction(id, s, kept, operation);
   if (c.fresh_pages > pool_->available()) {
     throw Error(
         ErrorCode::OutOfMemory,
@@ -98,22 +126,30 @@ bool PagedKvCache::compact(SequenceId id, const KeptTokens& kept, const char* op
   if (c.moves > 0) {
     const Tensor slots = Tensor::from_host_i64(c.slots, {c.slots.size()}, device_, stream_);
     const auto* list = static_cast<const std::int64_t*>(slots.data());
-    for (std::size_t l = 0; l < pages_.size(); ++l) {
+    for (std::size_t slot = 0; slot < pages_.size(); ++slot) {
       backend_->paged_move(
-          PagedMove{.pages = page_layout(l), .src_slots = list, .dst_slots = list + c.moves, .tokens = c.moves},
+          PagedMove{.pages = storage_layout(slot), .src_slots = list, .dst_slots = list + c.moves, .tokens = c.moves},
           stream_);
     }
   }
   // Commit: take the fresh pages before returning any (the moves read the old ones).
   for (std::size_t i = 0; i < c.fresh_pages; ++i) pool_->allocate();
   const std::size_t page_size = config_.page_size;
-  for (std::size_t j = s.pages.size(); j-- > 0;) {
-    if (!c.old_kept[j] && pool_->release(s.pages[j])) tokens_ -= std::min(page_size, s.length - j * page_size);
+  std::size_t unchanged = c.pages.empty() ? 0 : c.pages[0].size();
+  for (std::size_t g = 0; g < s.pages.size(); ++g) {
+    const std::vector<std::int32_t>& old = s.pages[g];
+    for (std::size_t j = old.size(); j-- > 0;) {
+      if (!c.old_kept[g][j] && old[j] != null_page_ && pool_->release(old[j])) {
+        tokens_ -= std::min(page_size, s.length - j * page_size);
+      }
+    }
+    unchanged = std::min(
+        unchanged,
+        static_cast<std::size_t>(std::mismatch(c.pages[g].begin(), c.pages[g].end(), old.begin(), old.end()).first -
+                                 c.pages[g].begin()));
   }
   tokens_ += c.tokens_added;
   tokens_ -= c.tokens_dropped;
-  const std::size_t unchanged = static_cast<std::size_t>(
-      std::mismatch(c.pages.begin(), c.pages.end(), s.pages.begin(), s.pages.end()).first - c.pages.begin());
   s.pages.swap(c.pages);
   s.positions = std::move(positions);
   s.length = kept.size();

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <span>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -98,10 +99,27 @@ void validate_positions(const PagedSequenceState& q) {
   }
 }
 
+// A window group's null columns (`null` in `pages`): one run starting at
+// its first column past the sinks (what begin_step's search for the first
+// held column relies on), each holding no token its window attends.
+void validate_null_columns(const PagedKvConfig& c, const PagedSequenceState& q, const PagedLayerKind& kind,
+                           std::span<const std::int32_t> pages, std::int32_t null) {
+  const std::size_t sink_columns = (kind.sinks + c.page_size - 1) / c.page_size;
+  for (std::size_t j = 0; j < pages.size(); ++j) {
+    if (pages[j] != null) continue;
+    const bool in_run = j == sink_columns || (j > sink_columns && pages[j - 1] == null);
+    if (kind.is_full() || !in_run || (j + 1) * c.page_size + kind.window > q.length + 1) {
+      invalid(fmt::format(
+          "sequence {} names the null page in column {}, {}", q.id, j,
+          kind.is_full() ? "of a full-attention group" : "not in one run after its sinks or attended by its window"));
+    }
+  }
+}
+
 // One sequence: its id, row, length against its pages, its pages (counted
 // into `holders`; `seen` marks the pages of sequence `mark`), positions and tail.
-void validate_sequence(const PagedKvConfig& c, const PagedKvState& s, std::size_t i, std::vector<bool>& rows,
-                       std::vector<std::uint64_t>& holders, std::vector<std::size_t>& seen) {
+void validate_sequence(const PagedKvConfig& c, const PagedLayerGroups& groups, const PagedKvState& s, std::size_t i,
+                       std::vector<bool>& rows, std::vector<std::uint64_t>& holders, std::vector<std::size_t>& seen) {
   const PagedSequenceState& q = s.sequences[i];
   if ((i > 0 && q.id <= s.sequences[i - 1].id) || q.id >= s.next_id) {
     invalid(fmt::format("sequence ids must increase and stay below next_id {}; entry {} is {}", s.next_id, i, q.id));
@@ -115,11 +133,21 @@ void validate_sequence(const PagedKvConfig& c, const PagedKvState& s, std::size_
     invalid(fmt::format("sequence {} holds {} tokens, above max_sequence_len {}", q.id, q.length, c.sequence_len()));
   }
   const std::size_t pages = (q.length + c.page_size - 1) / c.page_size;
-  if (q.pages.size() != pages) {
-    invalid(
-        fmt::format("sequence {} of {} tokens holds {} pages, must hold {}", q.id, q.length, q.pages.size(), pages));
+  if (q.pages.size() != pages * groups.groups()) {
+    invalid(fmt::format("sequence {} of {} tokens holds {} pages, must hold {}{}", q.id, q.length, q.pages.size(),
+                        pages * groups.groups(),
+                        groups.groups() == 1
+                            ? std::string()
+                            : fmt::format(" ({} in each of {} layer groups)", pages, groups.groups())));
+  }
+  const auto null = static_cast<std::int32_t>(holders.size());  // the null page's id, with window layers
+  if (groups.has_windows()) {
+    for (std::size_t g = 0; g < groups.groups(); ++g) {
+      validate_null_columns(c, q, groups.group_kinds[g], std::span(q.pages).subspan(g * pages, pages), null);
+    }
   }
   for (const std::int32_t page : q.pages) {
+    if (page == null && groups.has_windows()) continue;
     if (page < 0 || static_cast<std::size_t>(page) >= holders.size()) {
       invalid(fmt::format("sequence {} holds page {}, out of range (pages={})", q.id, page, holders.size()));
     }
@@ -142,7 +170,8 @@ void validate_sequence(const PagedKvConfig& c, const PagedKvState& s, std::size_
 // their size is allocated, so a state cannot make validation allocate more
 // than it holds.
 void validate_state(const PagedKvConfig& c, const PagedKvState& s) {
-  const std::size_t pages = c.pages();
+  const std::size_t pages = c.pool_pages();
+  const PagedLayerGroups groups = c.layer_groups();
   validate_pool(s, pages);
   if (s.sequences.size() + s.free_rows.size() != c.max_sequences) {
     invalid(fmt::format("{} sequences and {} free rows for max_sequences {}", s.sequences.size(), s.free_rows.size(),
@@ -151,7 +180,7 @@ void validate_state(const PagedKvConfig& c, const PagedKvState& s) {
   std::vector<bool> rows(c.max_sequences, false);
   std::vector<std::uint64_t> holders(pages, 0);
   std::vector<std::size_t> seen(pages, 0);
-  for (std::size_t i = 0; i < s.sequences.size(); ++i) validate_sequence(c, s, i, rows, holders, seen);
+  for (std::size_t i = 0; i < s.sequences.size(); ++i) validate_sequence(c, groups, s, i, rows, holders, seen);
   for (std::size_t p = 0; p < pages; ++p) {
     if (holders[p] != s.references[p]) {
       invalid(fmt::format("page {} has reference count {}, held by {} sequences", p, s.references[p], holders[p]));
@@ -172,13 +201,14 @@ Shape stored_shape(const PagedKvConfig& c, std::size_t stored) {
 }
 
 void validate_stored(const PagedKvConfig& c, std::span<const Tensor> stored, std::size_t count, Device device) {
-  if (stored.size() != c.n_layers) {
+  const std::size_t slots = c.layer_groups().group_size;
+  if (stored.size() != slots) {
     throw Error(ErrorCode::Shape,
-                fmt::format("restore: {} stored page tensors for {} layers", stored.size(), c.n_layers));
+                fmt::format("restore: {} stored page tensors for {} storage tensors", stored.size(), slots));
   }
   const Shape expected = stored_shape(c, count);
   for (std::size_t l = 0; l < stored.size(); ++l) {
-    const std::string what = fmt::format("restore: stored pages of layer {}", l);
+    const std::string what = fmt::format("restore: stored pages of storage tensor {}", l);
     detail::require_defined(stored[l], what);
     if (stored[l].shape() != expected) {
       throw Error(ErrorCode::Shape,
@@ -214,8 +244,10 @@ PagedKvState PagedKvCache::state() const {
   std::sort(ids.begin(), ids.end());
   for (const SequenceId id : ids) {
     const Sequence& s = sequences_.at(id);
+    std::vector<std::int32_t> pages;
+    for (const auto& group : s.pages) pages.insert(pages.end(), group.begin(), group.end());
     out.sequences.push_back(PagedSequenceState{.id = static_cast<std::uint64_t>(id),
-                                               .pages = s.pages,
+                                               .pages = std::move(pages),
                                                .length = s.length,
                                                .positions = s.positions.runs(),
                                                .next_position = s.next_position,
@@ -225,8 +257,8 @@ PagedKvState PagedKvCache::state() const {
                                                .tail_tokens = s.tail_tokens,
                                                .row = static_cast<std::size_t>(s.row)});
   }
-  out.references.resize(num_pages_);
-  for (std::size_t p = 0; p < num_pages_; ++p) {
+  out.references.resize(pool_->total());
+  for (std::size_t p = 0; p < pool_->total(); ++p) {
     const auto page = static_cast<std::int32_t>(p);
     out.references[p] = pool_->references(page);
     if (pool_->named(page)) {
@@ -257,7 +289,7 @@ PagedKvCache PagedKvCache::restore(const PagedKvConfig& config, const PagedKvSta
   validate_stored(config, stored, kept.size(), device);
   PagedKvCache cache(config, device, stream);
   const std::size_t layer_page = 2 * config.page_size * config.kv_heads * config.head_dim * dtype_size(config.dtype);
-  for (std::size_t l = 0; l < config.n_layers; ++l) {
+  for (std::size_t l = 0; l < cache.pages_.size(); ++l) {
     const auto* from = static_cast<const std::byte*>(stored[l].data());
     auto* to = static_cast<std::byte*>(const_cast<void*>(cache.pages_[l].data()));
     for (std::size_t i = 0, j = 0; i < kept.size(); i = j) {
@@ -277,7 +309,11 @@ PagedKvCache PagedKvCache::restore(const PagedKvConfig& config, const PagedKvSta
   std::vector<std::size_t> fill(cache.num_pages_, 0);  // per used page: the most tokens a holder keeps in it
   for (const PagedSequenceState& q : state.sequences) {
     Sequence s;
-    s.pages = q.pages;
+    const std::size_t columns = (q.length + config.page_size - 1) / config.page_size;
+    for (std::size_t g = 0; g < cache.groups_.groups(); ++g) {
+      s.pages.emplace_back(q.pages.begin() + static_cast<std::ptrdiff_t>(g * columns),
+                           q.pages.begin() + static_cast<std::ptrdiff_t>((g + 1) * columns));
+    }
     s.length = q.length;
     for (const PositionRuns::Run& run : q.positions) s.positions.append(run.begin, run.length);
     s.next_position = q.next_position;
@@ -286,9 +322,12 @@ PagedKvCache PagedKvCache::restore(const PagedKvConfig& config, const PagedKvSta
     s.chain = q.chain;
     s.tail_tokens = q.tail_tokens;
     s.row = static_cast<std::int32_t>(q.row);
-    for (std::size_t j = 0; j < s.pages.size(); ++j) {
-      std::size_t& most = fill[static_cast<std::size_t>(s.pages[j])];
-      most = std::max(most, std::min(config.page_size, s.length - j * config.page_size));
+    for (const std::vector<std::int32_t>& group : s.pages) {
+      for (std::size_t j = 0; j < group.size(); ++j) {
+        if (group[j] == cache.null_page_) continue;
+        std::size_t& most = fill[static_cast<std::size_t>(group[j])];
+        most = std::max(most, std::min(config.page_size, s.length - j * config.page_size));
+      }
     }
     cache.upload_row(cache.sequences_.emplace(SequenceId{q.id}, std::move(s)).first->second, 0);
   }

@@ -26,7 +26,9 @@ using detail::fail;
 
 constexpr const char* kKind = "PagedKvCache";
 /// The version of this layout, in metadata `micache.paged_format`.
-constexpr const char* kPagedFormat = "micache-paged/1";
+constexpr const char* kPagedFormat = "micache-paged/2";
+// The format before layer kinds: the same tensors, every layer full attention.
+constexpr const char* kPagedFormatWithoutKinds = "micache-paged/1";
 constexpr const char* kPagesSuffix = "attn.kv_pages";
 
 std::int64_t bits_i64(std::uint64_t value) {
@@ -41,12 +43,20 @@ std::uint64_t bits_u64(std::int64_t value) {
   return out;
 }
 
+// Each layer's kind as [window, sinks]; [] when every layer is full.
+Json layer_kinds_json(const std::vector<PagedLayerKind>& kinds) {
+  Json out = Json::array();
+  for (const PagedLayerKind& k : kinds) out.push_back(Json::array({k.window, k.sinks}));
+  return out;
+}
+
 Json config_json(const PagedKvConfig& c) {
   return {{"n_layers", c.n_layers},           {"kv_heads", c.kv_heads},
           {"head_dim", c.head_dim},           {"page_size", c.page_size},
           {"num_pages", c.num_pages},         {"max_bytes", c.max_bytes},
           {"dtype", dtype_name(c.dtype)},     {"layout", c.layout == PagedLayout::Nhd ? "nhd" : "hnd"},
-          {"max_sequences", c.max_sequences}, {"max_sequence_len", c.max_sequence_len}};
+          {"max_sequences", c.max_sequences}, {"max_sequence_len", c.max_sequence_len},
+          {"layer_kinds", layer_kinds_json(c.layer_kinds)}};
 }
 
 PagedKvConfig config_of(const SafetensorsReader& file) {
@@ -81,6 +91,15 @@ PagedKvConfig config_of(const SafetensorsReader& file) {
   const Json layout = json.value("layout", Json());
   if (layout != "nhd" && layout != "hnd") fail(file, "micache.config: 'layout' must be \"nhd\" or \"hnd\"");
   c.layout = layout == "nhd" ? PagedLayout::Nhd : PagedLayout::Hnd;
+  const Json kinds = json.value("layer_kinds", Json::array());
+  if (!kinds.is_array()) fail(file, "micache.config: 'layer_kinds' must be an array of [window, sinks]");
+  for (const Json& kind : kinds) {
+    if (!kind.is_array() || kind.size() != 2 || !kind[0].is_number_unsigned() || !kind[1].is_number_unsigned()) {
+      fail(file, "micache.config: 'layer_kinds' must be an array of [window, sinks]");
+    }
+    c.layer_kinds.push_back(PagedLayerKind{.window = static_cast<std::size_t>(kind[0].get<std::uint64_t>()),
+                                           .sinks = static_cast<std::size_t>(kind[1].get<std::uint64_t>())});
+  }
   return c;
 }
 
@@ -221,8 +240,8 @@ void PagedKvCache::save(const std::string& path) const {
   const PagedKvState s = state();
   const std::vector<std::int32_t> stored = s.stored_pages();
   SafetensorsWriter writer;
-  for (std::size_t l = 0; l < config_.n_layers; ++l) {
-    writer.add(detail::layer_name(l, kPagesSuffix), stored_pages(pages(l), stored));
+  for (std::size_t l = 0; l < pages_.size(); ++l) {
+    writer.add(detail::layer_name(l, kPagesSuffix), stored_pages(pages_[l], stored));
   }
   add_column(writer, "pool.references", s.references);
   add_column(writer, "pool.free_pages", s.free_pages);
@@ -287,13 +306,13 @@ PagedKvCache PagedKvCache::load(const std::string& path, Device device, Stream s
     fail(file, fmt::format("saved by {}, not by {}", saved == nullptr ? "no micache class" : *saved, kKind));
   }
   const std::string* format = file.metadata("micache.paged_format");
-  if (format == nullptr || *format != kPagedFormat) {
+  if (format == nullptr || (*format != kPagedFormat && *format != kPagedFormatWithoutKinds)) {
     fail(file, fmt::format("paged format '{}', this build reads '{}'", format == nullptr ? "" : *format, kPagedFormat));
   }
   const PagedKvConfig config = config_of(file);
   const PagedKvState state = read_state(file);
   std::vector<Tensor> stored;
-  for (std::size_t l = 0; l < config.n_layers; ++l) {
+  for (std::size_t l = 0; l < config.layer_groups().group_size; ++l) {
     stored.push_back(detail::read_float(file, detail::layer_name(l, kPagesSuffix), device, stream));
   }
   try {

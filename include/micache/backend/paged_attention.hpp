@@ -21,6 +21,19 @@ inline constexpr std::size_t kPagedAttentionMaxHeadDim = 4096;
 /// sum is the token order whatever the chunk.
 inline constexpr std::size_t kPagedAttentionChunkTokens = 256;
 
+/// The tokens one request attends, in token order: [0, sinks_end) then
+/// [window_begin, T); `count` of them.
+struct AttendedTokens {
+  std::size_t sinks_end = 0;
+  std::size_t window_begin = 0;
+  std::size_t count = 0;
+
+  /// The u-th token attended (u < count).
+  MICACHE_HOST_DEVICE constexpr std::size_t token(std::size_t u) const noexcept {
+    return u < sinks_end ? u : window_begin + (u - sinks_end);
+  }
+};
+
 /// Decode attention of `batch` requests over their pages (FlashInfer's
 /// BatchDecodeWithPagedKVCacheWrapper.run, no mask, no soft cap):
 /// - request i's keys and values are the pages `kv_indices[kv_indptr[i] ..
@@ -32,8 +45,12 @@ inline constexpr std::size_t kPagedAttentionChunkTokens = 256;
 ///   `[batch, qo_heads, head_dim]` tensor has query_stride = qo_heads *
 ///   head_dim); qo_heads is a multiple of kv_heads and query head q reads kv
 ///   head `q / (qo_heads / kv_heads)` (GQA; MHA when equal);
+/// - the tokens attended: all T of the request, or with `window` w > 0 the
+///   tokens t >= T - w or t < `sinks` (a sliding-window layer, its query
+///   being token T - 1: FlashInfer's window_left = w - 1); the others are
+///   not read;
 /// - `out` F32 `[batch, qo_heads, head_dim]`, packed: softmax over the
-///   request's tokens t of `scale * <q, k_t>`, times v_t; `lse`, when not
+///   attended tokens t of `scale * <q, k_t>`, times v_t; `lse`, when not
 ///   null, F32 `[batch, qo_heads]`: the natural log of the sum over t of
 ///   e^(scale * <q, k_t>) (torch.logsumexp; FlashInfer's return_lse is this
 ///   times log2(e), base 2). An empty request writes zeros and lse -inf.
@@ -57,6 +74,8 @@ struct PagedDecodeAttention {
   const std::int32_t* kv_indices = nullptr;
   const std::int32_t* kv_last_page_len = nullptr;
   float scale = 1.0f;    ///< applied to every score (1/sqrt(head_dim) by default, the caller's choice)
+  std::size_t window = 0;  ///< 0: every token; else the last `window` tokens (and the first `sinks`)
+  std::size_t sinks = 0;
   float* out = nullptr;  ///< `[batch, qo_heads, head_dim]`
   float* lse = nullptr;  ///< `[batch, qo_heads]`, or null
 
@@ -66,6 +85,13 @@ struct PagedDecodeAttention {
   MICACHE_HOST_DEVICE std::size_t tokens(std::size_t i) const noexcept {
     const auto pages_of = static_cast<std::size_t>(kv_indptr[i + 1] - kv_indptr[i]);
     return pages_of == 0 ? 0 : (pages_of - 1) * pages.page_size + static_cast<std::size_t>(kv_last_page_len[i]);
+  }
+  /// The tokens request i attends, in token order.
+  MICACHE_HOST_DEVICE AttendedTokens attended(std::size_t i) const noexcept {
+    const std::size_t total = tokens(i);
+    const std::size_t begin = window == 0 || total <= window ? 0 : total - window;
+    const std::size_t sinks_end = sinks < begin ? sinks : begin;
+    return AttendedTokens{sinks_end, begin, sinks_end + total - begin};
   }
   /// Element index of element 0 of kv head `head`'s key (kind 0) or value (1)
   /// of token t of request i.

@@ -105,12 +105,17 @@ inline constexpr std::size_t kPagedPoolFields = 4;
 inline constexpr std::size_t kPagedAccountingScratchBytesPerPage = 8;
 
 /// The accounting of a paged cache, computed on the device from the
-/// resident tables (which it only reads), equal to the host's counters:
-/// - `per_sequence` int64 `[batch, 4]`: for row r = rows[b] of L =
-///   lengths[r] tokens, (tokens L, pages pages_of(L), bytes pages *
-///   page_bytes, slack pages * page_size - L: the empty slots of its pages);
+/// resident tables (which it only reads), equal to the host's counters. A
+/// sequence of row r (r < group_rows) owns the rows r + g * group_rows of
+/// the `groups` layer groups, each of the same length L = lengths[r]; a
+/// column holding `null_page` (a window layer's dropped page; -1: none) holds no page.
+/// - `per_sequence` int64 `[batch, 4]`: for row r = rows[b], (tokens L,
+///   pages: the columns j < pages_of(L) of its rows that hold a page, bytes
+///   pages * page_bytes, slack: the sum over those columns of page_size -
+///   column_fill(L, j), the empty slots of its pages; with one group and no
+///   null page, pages_of(L) and pages_of(L) * page_size - L);
 /// - `pool` int64 `[4]`, over the `live` rows of live_rows (every live
-///   sequence): (pages_referenced: distinct pages their tables hold,
+///   sequence, each with its rows of every group): (pages_referenced: distinct pages their tables hold,
 ///   pages_shared: those held by more than one of them, tokens: over the
 ///   distinct referenced pages, each page's filled slots counted once (the
 ///   fill of the page in column j of row r is column_fill(L_r, j); holders
@@ -120,18 +125,22 @@ inline constexpr std::size_t kPagedAccountingScratchBytesPerPage = 8;
 /// (kPagedAccountingScratchBytesPerPage * num_pages bytes), overwritten.
 ///
 /// Preconditions (the cache's; not checked): rows and live_rows below
-/// tables.rows, live_rows distinct; every page id in the live rows' first
-/// pages_of(L) columns below num_pages; a row holds a page at most once.
+/// group_rows, groups * group_rows <= tables.rows, live_rows distinct; with
+/// groups or a null page the asked rows are live (their columns are read); every page id in the live rows' first
+/// pages_of(L) columns below num_pages or null_page; a row holds a page at most once.
 /// Integers: every backend gives the same answer exactly.
 ///
-/// Bytes moved: 8 * num_pages scratch written, then 8 per live row (row id,
+/// Bytes moved: 8 * num_pages scratch written, then 8 per live row and group (row id,
 /// length) and 12 per page it holds (id read, two scratch atomics), 8 *
 /// num_pages scratch read, 8 per asked row (id, length) and 32 written per
 /// asked row, 32 for the pool.
 struct PagedAccounting {
   PagedTables tables;                  ///< read only
   std::size_t num_pages = 0;           ///< pages of the pool
-  std::size_t page_bytes = 0;          ///< bytes of one page over all layers
+  std::size_t page_bytes = 0;          ///< bytes of one page over its group's layers
+  std::size_t groups = 1;              ///< layer groups: rows per sequence
+  std::size_t group_rows = 0;          ///< rows of one group's table: row r of group g is r + g * group_rows
+  std::int32_t null_page = -1;         ///< the page id of no page, or -1
   const std::int32_t* rows = nullptr;  ///< `[batch]`: the sequences asked about
   std::size_t batch = 0;
   const std::int32_t* live_rows = nullptr;  ///< `[live]`: every live sequence, for the pool totals
