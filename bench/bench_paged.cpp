@@ -2,7 +2,9 @@
 // step's begin_step (host time, the one host-to-device copy), the write of a
 // decode step and of a 32k-token prefill (effective bandwidth), the memory
 // held for 1,000 lognormal sequences against a per-sequence max-length
-// reservation, and the prefix cache and copy on write as counters.
+// reservation, the prefix cache and copy on write as counters, and a
+// Gemma-3-like hybrid model (five window-1024 layers per full one): its
+// decode step and the bytes it holds at 32k tokens against every layer full.
 // scripts/bench_torch.py times PyTorch's scatter (vLLM's reshape_and_cache)
 // on the write geometry; the copy roof is a device copy of the keys and values.
 //
@@ -22,6 +24,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/bench_report.hpp"
@@ -34,6 +37,7 @@ using micache::DType;
 using micache::KVCache;
 using micache::PagedKvCache;
 using micache::PagedKvConfig;
+using micache::PagedLayerKind;
 using micache::PagedStepPlan;
 using micache::PrefixHit;
 using micache::SequenceId;
@@ -116,10 +120,22 @@ std::size_t plan_bytes(const PagedStepPlan& plan) {
   return static_cast<std::size_t>(last - first);
 }
 
-// Bytes a step of `batch` sequences taking `fresh` pages sends to the device
-// (PagedKvCache::begin_step): row, length and count per sequence, the
-// updates' indptr, a column and a page id per fresh page.
-std::size_t step_input_bytes(std::size_t batch, std::size_t fresh) { return 16 * batch + 4 + 8 * fresh; }
+// Bytes a step of `batch` sequences in `groups` layer groups changing
+// `updates` columns (fresh and dropped pages) sends to the device
+// (PagedKvCache::begin_step): row, length and count per sequence and group,
+// the updates' indptr, a column and a page id per update.
+std::size_t step_input_bytes(std::size_t batch, std::size_t groups, std::size_t updates) {
+  return 16 * batch * groups + 4 + 8 * updates;
+}
+
+constexpr std::size_t kGemmaWindow = 1024;
+
+// Gemma 3's layer kinds: five sliding-window layers (1024 tokens) per global layer.
+std::vector<PagedLayerKind> gemma3_kinds(std::size_t layers) {
+  std::vector<PagedLayerKind> kinds(layers, PagedLayerKind::sliding(kGemmaWindow));
+  for (std::size_t l = 5; l < layers; l += 6) kinds[l] = PagedLayerKind::full();
+  return kinds;
+}
 
 // One decode step of 256 sequences of 600..4000 tokens (1 new token each):
 // begin_step's host time, the previous step's plan dropped inside it (as a
@@ -128,33 +144,63 @@ std::size_t step_input_bytes(std::size_t batch, std::size_t fresh) { return 16 *
 // lengths (untimed), so the pool's state stays the same. With `named` every
 // step passes its token ids (prefix caching on: a page that fills is hashed
 // and named; after the first rebuild the spare pages are cached ones, so a
-// fresh page is an eviction). Counters, of the first step: the
-// host-to-device copy's bytes, the metadata bytes built on the device, the step's pages.
-void begin_step_decode(benchmark::State& state, Device device, bool named) {
+// fresh page is an eviction). With `kinds` (a hybrid model), the layers'
+// kinds: each group has its own pages and table rows, and window groups
+// give back the pages that slide out. Counters, of the first step: the
+// host-to-device copy's bytes, the metadata bytes built on the device, the
+// step's pages (every group's).
+void begin_step_decode(benchmark::State& state, Device device, bool named,
+                       const std::vector<PagedLayerKind>& kinds = {}) {
   const std::vector<std::size_t> lengths = decode_lengths();
-  PagedKvCache cache(config(kStepLayers, decode_pool_pages(lengths)), device);
+  PagedKvConfig c = config(kinds.empty() ? kStepLayers : kinds.size(), decode_pool_pages(lengths));
+  c.layer_kinds = kinds;
+  c.num_pages *= c.layer_groups().groups();
+  PagedKvCache cache(c, device);
   micache::Backend& backend = micache::backend_for(device);
-  std::vector<SequenceId> ids = add_sequences(cache, lengths, named);
   const std::vector<std::size_t> ones(kBatch, 1);
+  // A hybrid model's first step after the prefill gives back every window page that slid out during it
+  // (untimed): the timed steps are the steady decode steps, a page given back per group every 16.
+  const auto add = [&] {
+    std::vector<SequenceId> added = add_sequences(cache, lengths, named);
+    if (!kinds.empty()) cache.begin_step(added, ones);
+    return added;
+  };
+  std::vector<SequenceId> ids = add();
   const std::vector<std::int32_t> new_ids = named ? token_ids(kBatch, 7) : std::vector<std::int32_t>{};
   PagedStepPlan plan;
   std::size_t steps = 0;
   std::size_t copied = 0;
   std::size_t metadata = 0;
   std::size_t pages = 0;
+  const micache::PagedLayerGroups& groups = cache.layer_groups();
+  // Over every group's tables: columns, and columns naming the null page.
+  const auto columns = [&] {
+    std::size_t all = 0, null = 0;
+    for (std::size_t g = 0; g < groups.groups(); ++g) {
+      const auto layer = static_cast<std::size_t>(
+          std::find(groups.layer_group.begin(), groups.layer_group.end(), g) - groups.layer_group.begin());
+      for (const SequenceId id : ids) {
+        const std::vector<std::int32_t> pages = cache.pages_of(id, layer);
+        all += pages.size();
+        null += static_cast<std::size_t>(std::count(pages.begin(), pages.end(), static_cast<std::int32_t>(cache.config().pool_pages())));
+      }
+    }
+    return std::pair{all, null};
+  };
   for (auto _ : state) {
-    const std::size_t used = cache.pool_stats().pages_used;
+    const auto before = steps == 0 ? columns() : std::pair<std::size_t, std::size_t>{};
     state.SetIterationTime(host_seconds([&] { plan = cache.begin_step(ids, ones, new_ids); }));
     backend.synchronize({});
     if (++steps == 1) {
-      copied = step_input_bytes(kBatch, cache.pool_stats().pages_used - used);
+      const auto after = columns();
+      copied = step_input_bytes(kBatch, groups.groups(), after.first - before.first + after.second - before.second);
       metadata = plan_bytes(plan);
       pages = plan.kv_indices.numel();
     }
     if (steps % kRebuildEvery == 0) {
       plan = PagedStepPlan{};
       for (const SequenceId id : ids) cache.release(id);
-      ids = add_sequences(cache, lengths, named);
+      ids = add();
     }
   }
   state.counters["h2d_bytes"] = static_cast<double>(copied);
@@ -165,6 +211,10 @@ void begin_step_decode(benchmark::State& state, Device device, bool named) {
 
 void begin_step_decode_unnamed(benchmark::State& state, Device device) { begin_step_decode(state, device, false); }
 void begin_step_decode_named(benchmark::State& state, Device device) { begin_step_decode(state, device, true); }
+void begin_step_decode_gemma3(benchmark::State& state, Device device) {
+  begin_step_decode(state, device, false, gemma3_kinds(6));
+  state.counters["groups"] = 6;
+}
 
 // Bytes one write of `tokens` tokens moves (PagedWrite): keys and values read
 // and written, and the slot mapping read.
@@ -272,6 +322,41 @@ void memory_lognormal(benchmark::State& state, Device device) {
   state.counters["max_length"] = static_cast<double>(sorted.back());
 }
 
+// Gemma 3's memory at 32k tokens: one sequence of 32,768 tokens by chunked
+// prefill (32 steps of 1,024) and one decode step, in a six-layer model
+// with five window-1024 layers per full one, against the same model with
+// every layer full, measured the same way (pool_stats().bytes_used, the
+// pages held). Geometry does not change the ratio (1 kv head x head_dim 8).
+// Counters only; one iteration.
+void memory_hybrid(benchmark::State& state, Device device) {
+  constexpr std::size_t layers = 6, tokens = 32768, chunk = 1024;
+  std::size_t held[2] = {0, 0}, usage[2] = {0, 0};
+  for (auto _ : state) {
+    for (int hybrid = 0; hybrid < 2; ++hybrid) {
+      PagedKvConfig c{.n_layers = layers,
+                      .kv_heads = 1,
+                      .head_dim = 8,
+                      .page_size = kPageSize,
+                      .num_pages = 2 * layers * tokens / kPageSize,
+                      .dtype = DType::BF16,
+                      .max_sequences = 1};
+      if (hybrid == 1) c.layer_kinds = gemma3_kinds(layers);
+      PagedKvCache cache(c, device);
+      const SequenceId id = cache.add_sequence();
+      const std::vector<std::size_t> counts{chunk}, one{1};
+      for (std::size_t t = 0; t < tokens; t += chunk) cache.begin_step({&id, 1}, counts);
+      cache.begin_step({&id, 1}, one);
+      held[hybrid] = cache.pool_stats().bytes_used;
+      usage[hybrid] = cache.memory_usage();
+    }
+  }
+  state.counters["full_bytes_held"] = static_cast<double>(held[0]);
+  state.counters["hybrid_bytes_held"] = static_cast<double>(held[1]);
+  state.counters["hybrid_over_full"] = static_cast<double>(held[1]) / static_cast<double>(held[0]);
+  state.counters["hybrid_used_over_held"] = static_cast<double>(usage[1]) / static_cast<double>(held[1]);
+  state.counters["tokens"] = static_cast<double>(tokens + 1);
+}
+
 constexpr std::size_t kPrompt = 2048;
 constexpr std::size_t kCachedPrompt = 1984;
 
@@ -352,6 +437,7 @@ const bool registered = [] {
     };
     add(name("paged_begin_step", device, kBatch), begin_step_decode_unnamed, benchmark::kMicrosecond);
     add(name("paged_begin_step_named", device, kBatch), begin_step_decode_named, benchmark::kMicrosecond);
+    add(name("paged_begin_step_gemma3", device, kBatch), begin_step_decode_gemma3, benchmark::kMicrosecond);
     add(name("paged_write", device, kBatch), write_decode, benchmark::kMicrosecond);
     add(name("paged_write", device, kPrefill), write_prefill, benchmark::kMillisecond);
     add(name("paged_write", device, kBatch, "copy_roof"), write_decode_roof, benchmark::kMicrosecond);
@@ -360,6 +446,11 @@ const bool registered = [] {
     add(name("paged_fork_write", device, kForked), fork_write, benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(
         ("paged_memory_lognormal/micache/" + device.to_string() + "/seqs:1000/max:8192").c_str(), memory_lognormal,
+        device)
+        ->Iterations(1)
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(
+        ("paged_memory_hybrid/gemma3_like/" + device.to_string() + "/layers:6/tokens:32769").c_str(), memory_hybrid,
         device)
         ->Iterations(1)
         ->Unit(benchmark::kMillisecond);

@@ -2266,8 +2266,8 @@ std::pair<std::vector<double>, std::vector<double>> paged_attention_bounds(const
       for (std::size_t d = 0; d < c.head_dim; ++d) {
         double largest = 0.0;
         const AttendedTokens attended = c.attended(i);
-        for (std::size_t u = 0; u < attended.count; ++u) {
-          const std::size_t t = attended.token(u);
+        for (std::size_t k = 0; k < attended.count; ++k) {
+          const std::size_t t = attended.token(k);
           const auto page =
               static_cast<std::size_t>(data.kv_indices[static_cast<std::size_t>(data.kv_indptr[i]) + t / c.page_size]);
           largest = std::max(largest, std::fabs(double{data.pages[c.row(page, 1, t % c.page_size, q / c.group) + d]}));

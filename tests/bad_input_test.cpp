@@ -274,6 +274,28 @@ std::vector<Row> rows() {
          pool.evict_heavy_hitters(SequenceId{0}, f32({5}), 1, 2);
          return ok("true");
        }},
+      {"layer kinds for another layer count", "`PagedKvConfig::validate` with 1 layer kind for 2 layers",
+       "Config: PagedKvConfig.layer_kinds has 1 entries for 2 layers",
+       [] {
+         PagedKvConfig c{.n_layers = 2, .kv_heads = 1, .head_dim = 4, .page_size = 4, .num_pages = 4};
+         c.layer_kinds = {PagedLayerKind::sliding(8)};
+         c.validate();
+         return ok("nothing");
+       }},
+      {"an eviction that brings dropped tokens into a window",
+       "`evict_to_window(id, 2, 4)` of 21 tokens when a window-8 layer dropped the first 12",
+       "Config: evict_to_window: sequence 0: layers of window 8 dropped token 0, which would be in their window "
+       "after it",
+       [] {
+         PagedKvConfig c{.n_layers = 2, .kv_heads = 1, .head_dim = 4, .page_size = 4, .num_pages = 16};
+         c.layer_kinds = {PagedLayerKind::sliding(8), PagedLayerKind::full()};
+         PagedKvCache pool(c);
+         const std::vector<SequenceId> ids{pool.add_sequence()};
+         pool.begin_step(ids, std::vector<std::size_t>{20});
+         pool.begin_step(ids, std::vector<std::size_t>{1});
+         pool.evict_to_window(ids[0], 2, 4);
+         return ok("true");
+       }},
       {"a latent of the wrong length", "`MlaKvCache(8, ...)::push_latent` of 6 values",
        "DimensionMismatch: dimension mismatch: quantizer expects 8, got 6 (latent)",
        [] {

@@ -70,7 +70,7 @@ struct PagedKvConfig {
   /// (pool_pages() x page_size), at most kDefaultMaxSequenceLen.
   std::size_t max_sequence_len = 0;
   /// Per layer, what it attends to; empty: every layer full attention.
-  std::vector<PagedLayerKind> layer_kinds;
+  std::vector<PagedLayerKind> layer_kinds = {};
 
   /// The tokens of `max_sequence_len` when it is 0.
   static constexpr std::size_t kDefaultMaxSequenceLen = std::size_t{1} << 17;
