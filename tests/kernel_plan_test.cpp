@@ -603,31 +603,39 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PagedStepBuildPlan, ::testing::ValuesIn(paged_t
 
 class PagedAccountingPlan : public ::testing::TestWithParam<PagedTablesPlanCase> {};
 
+/// What one accounting walk reads: the rows asked about and the live ones,
+/// and the layer groups (rows r + g * group_rows) with their null page.
+struct AccountingRows {
+  std::vector<std::int32_t> asked = {}, live = {};
+  std::size_t groups = 1, group_rows = 0;
+  std::int32_t null_page = -1;
+};
+
 // Runs paged_accounting_kernel's phases for every thread of its one block
 // (per-sequence rows and zeroing; counting by every lane of every warp;
 // every thread's pool sums, added) and checks the outputs are CpuBackend's.
-TEST_P(PagedAccountingPlan, EveryThreadOfTheBlockCountsTheCpusTotals) {
-  const PagedTablesPlanCase& c = GetParam();
-  PlanTables tables(c.rows, c.row_capacity, c.page_size, c.used, c.row_capacity * c.page_size, c.num_pages, 23);
-  std::vector<std::int32_t> asked(c.rows);
-  std::iota(asked.begin(), asked.end(), 0);
+void expect_accounting_walk_is_the_cpus(const PagedTablesPlanCase& c, PlanTables& tables, const AccountingRows& in) {
   const auto run = [&](std::vector<std::int64_t>& per_sequence, std::vector<std::int64_t>& pool,
                        std::vector<std::uint32_t>& scratch) {
     PagedAccounting accounting;
     accounting.tables = tables.view();
     accounting.num_pages = c.num_pages;
     accounting.page_bytes = 12345;
-    accounting.rows = asked.data();
-    accounting.batch = asked.size();
-    accounting.live_rows = tables.used_rows.data();
-    accounting.live = tables.used_rows.size();
+    accounting.groups = in.groups;
+    accounting.group_rows = in.group_rows;
+    accounting.null_page = in.null_page;
+    accounting.rows = in.asked.data();
+    accounting.batch = in.asked.size();
+    accounting.live_rows = in.live.data();
+    accounting.live = in.live.size();
     accounting.page_refs = scratch.data();
     accounting.page_fill = scratch.data() + c.num_pages;
     accounting.per_sequence = per_sequence.data();
     accounting.pool = pool.data();
     return accounting;
   };
-  std::vector<std::int64_t> walked_rows(4 * c.rows, -7), cpu_rows(4 * c.rows, -7), walked_pool(4, -7), cpu_pool(4, -7);
+  const std::size_t asked = in.asked.size();
+  std::vector<std::int64_t> walked_rows(4 * asked, -7), cpu_rows(4 * asked, -7), walked_pool(4, -7), cpu_pool(4, -7);
   std::vector<std::uint32_t> walked_scratch(2 * c.num_pages, 77), cpu_scratch(2 * c.num_pages, 77);
   backend_for(Device::cpu()).paged_accounting(run(cpu_rows, cpu_pool, cpu_scratch), Stream{});
 
@@ -657,6 +665,38 @@ TEST_P(PagedAccountingPlan, EveryThreadOfTheBlockCountsTheCpusTotals) {
   EXPECT_EQ(walked_rows, cpu_rows);
   EXPECT_EQ(walked_pool, cpu_pool);
   EXPECT_EQ(walked_scratch, cpu_scratch) << "the scratch's references and fills";
+}
+
+TEST_P(PagedAccountingPlan, EveryThreadOfTheBlockCountsTheCpusTotals) {
+  const PagedTablesPlanCase& c = GetParam();
+  PlanTables tables(c.rows, c.row_capacity, c.page_size, c.used, c.row_capacity * c.page_size, c.num_pages, 23);
+  AccountingRows in{.asked = std::vector<std::int32_t>(c.rows), .live = tables.used_rows};
+  std::iota(in.asked.begin(), in.asked.end(), 0);
+  expect_accounting_walk_is_the_cpus(c, tables, in);
+}
+
+// Two layer groups: each live row of the first has a row of the second of
+// its length, every third of whose columns (from the second) names the null
+// page, the last page id.
+TEST_P(PagedAccountingPlan, WithLayerGroupsAndANullPageEveryThreadCountsTheCpusTotals) {
+  const PagedTablesPlanCase& c = GetParam();
+  PlanTables tables(2 * c.rows, c.row_capacity, c.page_size, 2 * c.used, c.row_capacity * c.page_size, c.num_pages,
+                    24);
+  AccountingRows in{.groups = 2, .group_rows = c.rows, .null_page = static_cast<std::int32_t>(c.num_pages - 1)};
+  const PagedTables view = tables.view();
+  for (const std::int32_t row : tables.used_rows) {
+    if (static_cast<std::size_t>(row) >= c.rows) continue;
+    const auto r = static_cast<std::size_t>(row);
+    tables.lengths[r + c.rows] = tables.lengths[r];
+    for (std::size_t j = 0; j < view.pages_of(static_cast<std::size_t>(tables.lengths[r])); ++j) {
+      if (view.page(r, j) == in.null_page) view.page(r, j) = 0;
+      view.page(r + c.rows, j) =
+          j % 3 == 1 ? in.null_page : static_cast<std::int32_t>((r * 7 + j * 13) % (c.num_pages - 1));
+    }
+    in.live.push_back(row);
+  }
+  in.asked = in.live;
+  expect_accounting_walk_is_the_cpus(c, tables, in);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PagedAccountingPlan, ::testing::ValuesIn(paged_tables_plan_cases()),
