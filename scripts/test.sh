@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the test suite.
 #   scripts/test.sh            CPU-only build, then the CUDA build when nvcc is present
-#   scripts/test.sh cpu|cuda|asan|tsan|fma
+#   scripts/test.sh cpu|cuda|asan|tsan|fma|python
 # Installs missing Debian packages first. CUDA tests skip, saying why, without a GPU.
 # asan runs with ASAN_OPTIONS=allocator_may_return_null=1 (CMakePresets.json):
 # the out-of-memory test asks for 512 TiB and checks that micache reports
@@ -11,6 +11,13 @@
 # and conformance tests: their golden hashes and bit-exact comparisons hold
 # only because the build passes -ffp-contract=off (CMakeLists.txt). It needs
 # an x86-64 CPU with FMA and is skipped, saying so, elsewhere.
+# python builds the package with `pip install .[test]` (scikit-build-core,
+# nanobind, numpy and pytest from PyPI) in a fresh virtual environment,
+# build/python-venv, and runs pytest on python/tests: with the CUDA backend
+# where nvcc is found (its GPU tests skip without a device), CPU-only
+# elsewhere; MICACHE_ENABLE_CUDA=ON|OFF overrides. PyTorch's tests run where the
+# machine's python3 imports torch (the venv then sees its site-packages) and
+# skip, saying so, elsewhere.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -23,9 +30,33 @@ if ((${#presets[@]} == 0)); then
   [ -n "$(find_nvcc)" ] && presets+=(cuda)
 fi
 
+python_tests() {
+  ensure_python_deps
+  local venv="$root/build/python-venv" cuda="${MICACHE_ENABLE_CUDA:-AUTO}" system_packages=()
+  if python3 -c 'import torch' 2>/dev/null; then
+    system_packages=(--system-site-packages)
+  else
+    echo "micache: PyTorch is not installed for python3; its tests skip"
+  fi
+  # CMake looks for nvcc on PATH; find_nvcc also knows the toolkit's usual place.
+  local nvcc
+  nvcc=$(find_nvcc)
+  [ -z "$nvcc" ] || export CUDACXX="${CUDACXX:-$nvcc}"
+  rm -rf "$venv"
+  python3 -m venv "${system_packages[@]}" "$venv"
+  echo "micache: pip install .[test] (MICACHE_ENABLE_CUDA=$cuda)"
+  "$venv/bin/pip" install --quiet "$root[test]" -Ccmake.define.MICACHE_ENABLE_CUDA="$cuda" \
+    -Cbuild.tool-args=-j"$jobs"
+  (cd "$root" && "$venv/bin/python" -m pytest -p no:cacheprovider -rs python/tests)
+}
+
 jobs=$(nproc)
 for preset in "${presets[@]}"; do
   echo "== micache tests: $preset =="
+  if [ "$preset" = python ]; then
+    python_tests
+    continue
+  fi
   if [ "$preset" = fma ] && ! { [ "$(uname -m)" = x86_64 ] && grep -qw fma /proc/cpuinfo; }; then
     echo "micache: skipping the fma preset: this CPU ($(uname -m)) has no x86-64 FMA to build for"
     continue

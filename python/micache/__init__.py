@@ -1,0 +1,150 @@
+"""micache: device-resident caches for GPU inference and interpretability.
+
+Every cache of the C++ library under the same names: ``AttentionCache``,
+``ActivationCache``, ``FullActivationCache``, ``KVCache``, the compressed
+caches (``KvCacheCompressor``, ``MultiHeadKvCache``, ``GqaKvCache``,
+``SlidingWindowKvCache``, ``MlaKvCache``, ``ModelKvCache``), with ``Device``,
+``Stream`` and each backend's memory statistics.
+
+Tensors cross in both directions through DLPack without a copy: any
+producer (numpy, PyTorch, CuPy, JAX) goes in where micache can read it in
+place, and every ``micache.Tensor`` a call returns goes out
+(``np.from_dlpack(cache.head_mean(3))``, ``torch.from_dlpack(...)``).
+Failures raise the subclass of :class:`micache.Error` named for their code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, Union
+
+from ._micache import (
+    ActivationCache,
+    AttentionCache,
+    Backend,
+    CompressedCacheBase,
+    CompressedHeads,
+    Device,
+    DeviceKind,
+    DType,
+    ErrorCode,
+    EvictionPolicy,
+    FiniteCheck,
+    FullActivationCache,
+    GqaKvCache,
+    KVCache,
+    KvCacheCompressor,
+    KvCacheConfig,
+    KvHeadView,
+    LayerKind,
+    LinearState,
+    MemoryStats,
+    MlaKvCache,
+    ModelKvCache,
+    MultiHeadKvCache,
+    OwnedStream,
+    ScoreEstimator,
+    SlidingWindowKvCache,
+    Stream,
+    Tensor,
+    TopK,
+    available_devices,
+    backend_for,
+    cuda_built,
+    cuda_unavailable_reason,
+    deepseek_v3_cache,
+    from_dlpack,
+    gemma3_cache,
+    llama3_8b_cache,
+    llama3_70b_cache,
+    memory_stats,
+)
+from .errors import (
+    BackendError,
+    ConfigError,
+    DimensionMismatchError,
+    DimensionTooLargeError,
+    EmptyInputError,
+    Error,
+    HookError,
+    InvalidBitWidthError,
+    IoError,
+    NonFiniteInputError,
+    OddDimensionError,
+    OutOfMemoryError,
+    ShapeError,
+    ZeroDimensionError,
+    ZeroProjectionsError,
+)
+
+
+class SupportsDLPack(Protocol):
+    """An object that hands its memory over through DLPack (numpy, PyTorch, CuPy, JAX arrays)."""
+
+    def __dlpack__(self, *, stream: Any = None) -> Any: ...
+
+    def __dlpack_device__(self) -> tuple[int, int]: ...
+
+
+TensorLike = Union[Tensor, SupportsDLPack]
+"""What a tensor argument takes: a micache.Tensor or any DLPack producer (or buffer)."""
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCache",
+    "AttentionCache",
+    "Backend",
+    "BackendError",
+    "CompressedCacheBase",
+    "CompressedHeads",
+    "ConfigError",
+    "DType",
+    "Device",
+    "DeviceKind",
+    "DimensionMismatchError",
+    "DimensionTooLargeError",
+    "EmptyInputError",
+    "Error",
+    "ErrorCode",
+    "EvictionPolicy",
+    "FiniteCheck",
+    "FullActivationCache",
+    "GqaKvCache",
+    "HookError",
+    "InvalidBitWidthError",
+    "IoError",
+    "KVCache",
+    "KvCacheCompressor",
+    "KvCacheConfig",
+    "KvHeadView",
+    "LayerKind",
+    "LinearState",
+    "MemoryStats",
+    "MlaKvCache",
+    "ModelKvCache",
+    "MultiHeadKvCache",
+    "NonFiniteInputError",
+    "OddDimensionError",
+    "OutOfMemoryError",
+    "OwnedStream",
+    "ScoreEstimator",
+    "ShapeError",
+    "SlidingWindowKvCache",
+    "Stream",
+    "SupportsDLPack",
+    "Tensor",
+    "TensorLike",
+    "TopK",
+    "ZeroDimensionError",
+    "ZeroProjectionsError",
+    "available_devices",
+    "backend_for",
+    "cuda_built",
+    "cuda_unavailable_reason",
+    "deepseek_v3_cache",
+    "from_dlpack",
+    "gemma3_cache",
+    "llama3_70b_cache",
+    "llama3_8b_cache",
+    "memory_stats",
+]
