@@ -11,10 +11,17 @@ producer (numpy, PyTorch, CuPy, JAX) goes in where micache can read it in
 place, and every ``micache.Tensor`` a call returns goes out
 (``np.from_dlpack(cache.head_mean(3))``, ``torch.from_dlpack(...)``).
 Failures raise the subclass of :class:`micache.Error` named for their code.
+
+Bridges: :mod:`micache.transformer_lens` (caches from and to
+``run_with_cache``'s hook dictionaries) and :mod:`micache.hf` (a KVCache from
+and to Hugging Face's ``past_key_values``). Pictures: :mod:`micache.plot`
+(matplotlib, imported on first use of ``micache.plot``).
 """
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 from typing import Any, Protocol, Union
 
 from ._micache import (
@@ -75,6 +82,15 @@ from .errors import (
     ZeroDimensionError,
     ZeroProjectionsError,
 )
+
+from . import hf, transformer_lens
+
+
+def __getattr__(name: str) -> ModuleType:
+    """``micache.plot`` imported on first use, so that matplotlib stays optional."""
+    if name == "plot":
+        return importlib.import_module(".plot", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SupportsDLPack(Protocol):
@@ -144,7 +160,9 @@ __all__ = [
     "deepseek_v3_cache",
     "from_dlpack",
     "gemma3_cache",
+    "hf",
     "llama3_70b_cache",
     "llama3_8b_cache",
     "memory_stats",
+    "transformer_lens",
 ]
