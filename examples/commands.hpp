@@ -14,7 +14,7 @@ struct DemoOptions {
   std::string data;                      ///< fixture folder; empty: found as data_dir says
   std::string sentence = "s0";           ///< s0, s1 or s2
   std::optional<std::size_t> query;      ///< query position; default: the last token
-  std::string heatmap;                   ///< PNG path; empty: none
+  std::string heatmap;                   ///< .svg (labelled) or PNG path; empty: none
   std::optional<std::size_t> heatmap_layer;  ///< default: the last layer
 };
 

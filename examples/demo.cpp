@@ -14,6 +14,7 @@
 #include "micache/micache.hpp"
 #include "minilm_data.hpp"
 #include "png_heatmap.hpp"
+#include "svg_heatmap.hpp"
 
 namespace micache::cli {
 namespace {
@@ -85,11 +86,21 @@ class Demo {
     if (!options_.heatmap.empty()) {
       const std::size_t layer = options_.heatmap_layer.value_or(cache.n_layers() - 1);
       const std::vector<float> mean = cache.head_mean(layer).to_host_f32();
-      const std::size_t cell = std::max<std::size_t>(4, 480 / seq);
-      write_heatmap_png(options_.heatmap, mean, seq, seq, cell);
-      std::printf("\n   heatmap of layer %zu's head-mean pattern (rows: queries, columns: keys, in token order;\n"
-                  "   colour: sqrt(weight), viridis) written to %s (%zu x %zu px)\n",
-                  layer, options_.heatmap.c_str(), seq * cell, seq * cell);
+      const std::string& path = options_.heatmap;
+      if (path.size() >= 4 && path.compare(path.size() - 4, 4, ".svg") == 0) {
+        write_heatmap_svg(path, mean, seq, seq, s_.tokens, s_.tokens,
+                          "Layer " + std::to_string(layer) + ", mean of heads 0-" + std::to_string(kHeads - 1));
+        std::printf("\n   heatmap of layer %zu's head-mean pattern (rows: queries, columns: keys, labelled with the\n"
+                    "   tokens; colour: sqrt(weight), viridis, with its scale) written to %s\n",
+                    layer, path.c_str());
+      } else {
+        const std::size_t cell = std::max<std::size_t>(4, 480 / seq);
+        write_heatmap_png(path, mean, seq, seq, cell);
+        std::printf("\n   heatmap of layer %zu's head-mean pattern (rows: queries, columns: keys, in token order;\n"
+                    "   colour: sqrt(weight), viridis) written to %s (%zu x %zu px; FILE.svg adds token labels and\n"
+                    "   a colour scale)\n",
+                    layer, path.c_str(), seq * cell, seq * cell);
+      }
     }
 
     const std::string file = (std::filesystem::temp_directory_path() / "micache_demo_attention.safetensors").string();

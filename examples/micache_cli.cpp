@@ -1,5 +1,5 @@
 // The `micache` command-line program.
-//   micache [demo] [--device D] [--data DIR] [--sentence s0|s1|s2] [--query N] [--heatmap FILE.png] [--layer L]
+//   micache [demo] [--device D] [--data DIR] [--sentence s0|s1|s2] [--query N] [--heatmap FILE.png|FILE.svg] [--layer L]
 //   micache info
 //   micache bench [--device D] [--quick]
 #include <cstdio>
@@ -16,12 +16,13 @@ namespace {
 int usage() {
   std::fprintf(stderr,
                "usage: micache [demo] [--device cpu|cuda|cuda:N] [--data DIR] [--sentence s0|s1|s2] [--query N]\n"
-               "                      [--heatmap FILE.png] [--layer L]\n"
+               "                      [--heatmap FILE.png|FILE.svg] [--layer L]\n"
                "       micache info\n"
                "       micache bench [--device cpu|cuda|cuda:N] [--quick]\n"
                "demo (the default) prints what sentence-transformers/all-MiniLM-L6-v2 attends to on a bundled\n"
                "sentence, fills a KV cache under a memory budget and measures the compressed cache on the\n"
-               "model's real keys; --heatmap also draws one layer's head-mean pattern.\n");
+               "model's real keys; --heatmap also draws one layer's head-mean pattern (an SVG with token\n"
+               "labels and a colour scale, or a bare PNG grid).\n");
   return 2;
 }
 

@@ -2,42 +2,15 @@
 
 #include <zlib.h>
 
-#include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
 #include <fstream>
 
+#include "colour_map.hpp"
 #include "micache/error.hpp"
 
 namespace micache::cli {
 namespace {
-
-struct Rgb {
-  std::uint8_t r, g, b;
-};
-
-// Viridis sampled at 9 evenly spaced points; colours between are interpolated linearly.
-constexpr std::array<Rgb, 9> kViridis{{{68, 1, 84},
-                                       {71, 44, 122},
-                                       {59, 81, 139},
-                                       {44, 113, 142},
-                                       {33, 144, 141},
-                                       {39, 173, 129},
-                                       {92, 200, 99},
-                                       {170, 220, 50},
-                                       {253, 231, 37}}};
-
-Rgb viridis(float t) {
-  const float x = std::clamp(std::isnan(t) ? 0.0f : t, 0.0f, 1.0f) * static_cast<float>(kViridis.size() - 1);
-  const std::size_t i = std::min(static_cast<std::size_t>(x), kViridis.size() - 2);
-  const float f = x - static_cast<float>(i);
-  const auto mix = [f](std::uint8_t a, std::uint8_t b) {
-    return static_cast<std::uint8_t>(std::lround(static_cast<float>(a) + f * (static_cast<float>(b) - a)));
-  };
-  return {mix(kViridis[i].r, kViridis[i + 1].r), mix(kViridis[i].g, kViridis[i + 1].g),
-          mix(kViridis[i].b, kViridis[i + 1].b)};
-}
 
 void put_u32(std::string& out, std::uint32_t v) {
   for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((v >> shift) & 0xff));
