@@ -49,6 +49,7 @@ void bind_activations(nb::module_& m);
 void bind_kv_cache(nb::module_& m);
 void bind_compressed(nb::module_& m);
 void bind_model(nb::module_& m);
+void bind_paged(nb::module_& m);
 
 }  // namespace micache::python
 

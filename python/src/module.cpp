@@ -12,4 +12,5 @@ NB_MODULE(_micache, m) {
   py::bind_kv_cache(m);
   py::bind_compressed(m);
   py::bind_model(m);
+  py::bind_paged(m);
 }
