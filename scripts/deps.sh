@@ -2,6 +2,14 @@
 # with, when any is missing (apt-get as root, or through sudo).
 micache_packages=(cmake g++ make libfmt-dev libgtest-dev libbenchmark-dev nlohmann-json3-dev zlib1g-dev libxxhash-dev)
 
+# Installs Debian packages $@ (apt-get as root, or through sudo).
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@"
+}
+
 ensure_deps() {
   local missing=()
   for pkg in "${micache_packages[@]}"; do
@@ -9,10 +17,7 @@ ensure_deps() {
   done
   if ((${#missing[@]})); then
     echo "micache: installing ${missing[*]}"
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+    apt_install "${missing[@]}"
   fi
 }
 
@@ -22,14 +27,24 @@ find_nvcc() {
 }
 
 # What the python preset needs beyond the C++ build: Python's headers (the
-# extension compiles against them) and venv. Installed only when missing.
+# extension compiles against them) and venv, for the interpreter $1 (python3
+# by default). Installed only when missing.
 ensure_python_deps() {
-  if python3 -c 'import ensurepip, os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
+  local python=${1:-python3}
+  if "$python" -c 'import ensurepip, os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null; then
     return
   fi
   echo "micache: installing python3-dev python3-venv"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-dev python3-venv
+  apt_install python3-dev python3-venv
+}
+
+# PyTorch for the CPU, Debian's build for /usr/bin/python3 (python3-torch):
+# the python preset's PyTorch tests and peers use it. Installed only when
+# missing.
+ensure_torch() {
+  if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    return
+  fi
+  echo "micache: installing python3-torch python3-dev python3-venv"
+  apt_install python3-torch python3-dev python3-venv
 }

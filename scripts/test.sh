@@ -16,8 +16,9 @@
 # build/python-venv, and runs pytest on python/tests: with the CUDA backend
 # where nvcc is found (its GPU tests skip without a device), CPU-only
 # elsewhere; MICACHE_ENABLE_CUDA=ON|OFF overrides. PyTorch's tests run where the
-# machine's python3 imports torch (the venv then sees its site-packages) and
-# skip, saying so, elsewhere.
+# machine's python3, or Debian's /usr/bin/python3 with python3-torch, imports
+# torch (the venv then sees its site-packages) and skip, saying so, elsewhere.
+# MICACHE_INSTALL_TORCH=1 installs python3-torch (PyTorch for the CPU) first.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -31,22 +32,38 @@ if ((${#presets[@]} == 0)); then
 fi
 
 python_tests() {
-  ensure_python_deps
-  local venv="$root/build/python-venv" cuda="${MICACHE_ENABLE_CUDA:-AUTO}" system_packages=()
-  if python3 -c 'import torch' 2>/dev/null; then
+  [ "${MICACHE_INSTALL_TORCH:-0}" = 0 ] || ensure_torch
+  # The interpreter: python3, or Debian's /usr/bin/python3 where only that one
+  # imports torch (apt's python3-torch), so that PyTorch's tests run.
+  local python=python3 system_packages=() constraints=()
+  if ! python3 -c 'import torch' 2>/dev/null && [ -x /usr/bin/python3 ] &&
+    /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    python=/usr/bin/python3
+  fi
+  if "$python" -c 'import torch' 2>/dev/null; then
     system_packages=(--system-site-packages)
+    # Keep the numpy ABI torch was built for (a torch built on numpy 1.x
+    # cannot convert to or from numpy 2 arrays).
+    if "$python" -c 'import sys, numpy; sys.exit(int(numpy.__version__.split(".")[0]) >= 2)' 2>/dev/null; then
+      constraints=("numpy<2")
+    fi
+    echo "micache: PyTorch $("$python" -c 'import torch; print(torch.__version__)') from $python; its tests run"
   else
     echo "micache: PyTorch is not installed for python3; its tests skip"
   fi
+  ensure_python_deps "$python"
+  local venv="$root/build/python-venv" cuda="${MICACHE_ENABLE_CUDA:-AUTO}"
   # CMake looks for nvcc on PATH; find_nvcc also knows the toolkit's usual place.
   local nvcc
   nvcc=$(find_nvcc)
   [ -z "$nvcc" ] || export CUDACXX="${CUDACXX:-$nvcc}"
   rm -rf "$venv"
-  python3 -m venv "${system_packages[@]}" "$venv"
+  "$python" -m venv "${system_packages[@]}" "$venv"
   echo "micache: pip install .[test] (MICACHE_ENABLE_CUDA=$cuda)"
-  "$venv/bin/pip" install --quiet "$root[test]" -Ccmake.define.MICACHE_ENABLE_CUDA="$cuda" \
-    -Cbuild.tool-args=-j"$jobs"
+  # The long option names: Debian's pip 23.0 has no -C.
+  "$venv/bin/pip" install --quiet "$root[test]" "${constraints[@]}" \
+    --config-settings=cmake.define.MICACHE_ENABLE_CUDA="$cuda" \
+    --config-settings=build.tool-args=-j"$jobs"
   (cd "$root" && "$venv/bin/python" -m pytest -p no:cacheprovider -rs python/tests)
 }
 

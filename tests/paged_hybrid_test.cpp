@@ -63,6 +63,25 @@ TEST(PagedKvConfig, LayerKindErrorsAreConfigErrors) {
                "PagedKvConfig: a cache with window layers needs 2 pages or more (one is the null page), got 1");
 }
 
+TEST(PagedKvConfig, KindOfALayerIsItsKindAndFullWithoutKinds) {
+  const PagedKvConfig c = kinds_config({PagedLayerKind::sinks_and_window(4, 8), PagedLayerKind::full()}, 4, 8);
+  EXPECT_EQ(c.kind_of(0), PagedLayerKind::sinks_and_window(4, 8));
+  EXPECT_EQ(c.kind_of(1), PagedLayerKind::full());
+  EXPECT_EQ(small_config(4, 8).kind_of(1), PagedLayerKind::full());
+}
+
+TEST(PagedKvConfig, KindOfALayerOutOfRangeIsAHookError) {
+  const PagedKvConfig c = kinds_config({PagedLayerKind::sliding(8), PagedLayerKind::full()}, 4, 8);
+  expect_error([&] { (void)c.kind_of(2); }, ErrorCode::Hook, "layer 2 out of range (layers=2)");
+  expect_error([&] { (void)small_config(4, 8).kind_of(2); }, ErrorCode::Hook, "layer 2 out of range (layers=2)");
+}
+
+TEST(PagedKvConfig, AStoragePageIsOneLayersShareOfAPage) {
+  const PagedKvConfig c = kinds_config({PagedLayerKind::sliding(8), PagedLayerKind::full()}, 4, 8);
+  EXPECT_EQ(c.storage_page_bytes(), c.page_bytes() / c.layer_groups().group_size);
+  EXPECT_EQ(small_config(4, 8).storage_page_bytes(), 2u * 4 * kHeads * kDim * 4);
+}
+
 class PagedHybridTest : public PagedCacheFixture {
  protected:
   static constexpr std::int32_t kNull = 31;  // of a 32-page pool

@@ -94,8 +94,9 @@ struct PagedKvConfig {
   /// The layer groups `layer_kinds` makes (no validation; every layer full when empty).
   /// O(n_layers x kinds).
   PagedLayerGroups layer_groups() const;
-  /// The kind of `layer` (full when layer_kinds is empty). Precondition: layer < n_layers.
-  PagedLayerKind kind_of(std::size_t layer) const noexcept;
+  /// The kind of `layer` (full when layer_kinds is empty). O(1).
+  /// Error: Hook `layer 4 out of range (layers=4)`.
+  PagedLayerKind kind_of(std::size_t layer) const;
 
   /// Bytes of one token's keys and values over every layer:
   /// 2 x n_layers x kv_heads x head_dim x dtype size. Error: Config when that overflows size_t.
@@ -106,6 +107,10 @@ struct PagedKvConfig {
   std::size_t slot_bytes() const;
   /// Bytes of one page: page_size x slot_bytes(). Error: Config on overflow.
   std::size_t page_bytes() const;
+  /// Bytes of one page in one storage tensor (one layer's share):
+  /// 2 x page_size x kv_heads x head_dim x dtype size = page_bytes() / group_size.
+  /// O(1), no validation: it cannot overflow once page_bytes() does not.
+  std::size_t storage_page_bytes() const noexcept;
   /// Pages of the pool: `num_pages`, or `max_bytes / page_bytes()` when num_pages is 0 (no validation).
   /// With window layers the last of them is the null page (see pool_pages).
   std::size_t pages() const;

@@ -1,6 +1,7 @@
 // PagedKvCache, its config, step plans and counters. A SequenceId is a plain
 // Python int; add_sequence() and add_sequence(prompt, salt) are overloads,
 // as in C++ (the second returns the PrefixHit).
+#include <nanobind/stl/array.h>
 #include <nanobind/stl/filesystem.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
@@ -71,6 +72,27 @@ std::string config_repr(const PagedKvConfig& config) {
       config.max_sequence_len, fmt::join(kinds, ", "));
 }
 
+std::string groups_repr(const PagedLayerGroups& g) {
+  std::vector<std::string> kinds;
+  for (const PagedLayerKind& kind : g.group_kinds) {
+    kinds.push_back(kind_repr(kind));
+  }
+  return fmt::format("micache.PagedLayerGroups(group_size={}, layer_group={}, layer_slot={}, group_kinds=[{}])",
+                     g.group_size, g.layer_group, g.layer_slot, fmt::join(kinds, ", "));
+}
+
+std::string sequence_state_repr(const PagedSequenceState& s) {
+  return fmt::format("micache.PagedSequenceState(id={}, length={}, pages={}, row={})", s.id, s.length, s.pages,
+                     s.row);
+}
+
+std::string state_repr(const PagedKvState& s) {
+  return fmt::format(
+      "micache.PagedKvState(sequences={}, pages={}, free_pages={}, cached_pages={}, names={}, next_id={}, step={})",
+      s.sequences.size(), s.references.size(), s.free_pages.size(), s.cached_pages.size(), s.names.size(),
+      s.next_id, s.step);
+}
+
 std::string plan_repr(const PagedStepPlan& plan) {
   return fmt::format("micache.PagedStepPlan(batch={}, total_new={}, total_pages={}, groups={})", plan.batch,
                      plan.total_new, plan.total_pages, plan.groups);
@@ -128,6 +150,15 @@ void bind_config(nb::module_& m) {
           "__eq__", [](const PagedLayerKind& a, const PagedLayerKind& b) { return a == b; }, nb::is_operator())
       .def("__repr__", &kind_repr);
 
+  nb::class_<PagedLayerGroups>(m, "PagedLayerGroups", MICACHE_DOC_TYPE(PagedLayerGroups))
+      .def_ro("group_size", &PagedLayerGroups::group_size, MICACHE_DOC(PagedLayerGroups, group_size))
+      .def_ro("layer_group", &PagedLayerGroups::layer_group, MICACHE_DOC(PagedLayerGroups, layer_group))
+      .def_ro("layer_slot", &PagedLayerGroups::layer_slot, MICACHE_DOC(PagedLayerGroups, layer_slot))
+      .def_ro("group_kinds", &PagedLayerGroups::group_kinds, MICACHE_DOC(PagedLayerGroups, group_kinds))
+      .def_prop_ro("groups", &PagedLayerGroups::groups, "The number of layer groups.")
+      .def_prop_ro("has_windows", &PagedLayerGroups::has_windows, MICACHE_DOC(PagedLayerGroups, has_windows))
+      .def("__repr__", &groups_repr);
+
   nb::class_<PagedKvConfig>(m, "PagedKvConfig", MICACHE_DOC_TYPE(PagedKvConfig))
       .def(
           "__init__",
@@ -163,9 +194,12 @@ void bind_config(nb::module_& m) {
       .def_rw("max_sequence_len", &PagedKvConfig::max_sequence_len, MICACHE_DOC(PagedKvConfig, max_sequence_len))
       .def_rw("layer_kinds", &PagedKvConfig::layer_kinds, MICACHE_DOC(PagedKvConfig, layer_kinds))
       .def("validate", &PagedKvConfig::validate, MICACHE_DOC(PagedKvConfig, validate))
+      .def("layer_groups", &PagedKvConfig::layer_groups, MICACHE_DOC(PagedKvConfig, layer_groups))
+      .def("kind_of", &PagedKvConfig::kind_of, nb::arg("layer"), MICACHE_DOC(PagedKvConfig, kind_of))
       .def("bytes_per_token", &PagedKvConfig::bytes_per_token, MICACHE_DOC(PagedKvConfig, bytes_per_token))
       .def("slot_bytes", &PagedKvConfig::slot_bytes, MICACHE_DOC(PagedKvConfig, slot_bytes))
       .def("page_bytes", &PagedKvConfig::page_bytes, MICACHE_DOC(PagedKvConfig, page_bytes))
+      .def("storage_page_bytes", &PagedKvConfig::storage_page_bytes, MICACHE_DOC(PagedKvConfig, storage_page_bytes))
       .def("pages", &PagedKvConfig::pages, MICACHE_DOC(PagedKvConfig, pages))
       .def("pool_pages", &PagedKvConfig::pool_pages, MICACHE_DOC(PagedKvConfig, pool_pages))
       .def("reserved_bytes", &PagedKvConfig::reserved_bytes, MICACHE_DOC(PagedKvConfig, reserved_bytes))
@@ -240,6 +274,75 @@ void bind_results(nb::module_& m) {
       .def("__repr__", &sequence_repr);
 }
 
+void bind_state(nb::module_& m) {
+  nb::class_<PositionRuns::Run>(m, "PositionRun", "A run of consecutive original positions: begin, begin + 1, ...")
+      .def(
+          "__init__",
+          [](PositionRuns::Run* self, std::size_t begin, std::size_t length) {
+            new (self) PositionRuns::Run{.begin = begin, .length = length};
+          },
+          nb::arg("begin") = 0, nb::arg("length") = 0, "A run of `length` positions from `begin`.")
+      .def_rw("begin", &PositionRuns::Run::begin, "Its first position.")
+      .def_rw("length", &PositionRuns::Run::length, "Its number of positions.")
+      .def(
+          "__eq__", [](const PositionRuns::Run& a, const PositionRuns::Run& b) { return a == b; }, nb::is_operator())
+      .def("__repr__", [](const PositionRuns::Run& run) {
+        return fmt::format("micache.PositionRun(begin={}, length={})", run.begin, run.length);
+      });
+
+  nb::class_<PagedSequenceState>(m, "PagedSequenceState", MICACHE_DOC_TYPE(PagedSequenceState))
+      .def(nb::init<>(), "An empty sequence state, to fill field by field.")
+      .def_rw("id", &PagedSequenceState::id, MICACHE_DOC(PagedSequenceState, id))
+      .def_rw("pages", &PagedSequenceState::pages, MICACHE_DOC(PagedSequenceState, pages))
+      .def_rw("length", &PagedSequenceState::length, MICACHE_DOC(PagedSequenceState, length))
+      .def_rw("positions", &PagedSequenceState::positions, MICACHE_DOC(PagedSequenceState, positions))
+      .def_rw("next_position", &PagedSequenceState::next_position, MICACHE_DOC(PagedSequenceState, next_position))
+      .def_rw("naming", &PagedSequenceState::naming, MICACHE_DOC(PagedSequenceState, naming))
+      .def_rw("salt", &PagedSequenceState::salt, MICACHE_DOC(PagedSequenceState, salt))
+      .def_rw("chain", &PagedSequenceState::chain, MICACHE_DOC(PagedSequenceState, chain))
+      .def_rw("tail_tokens", &PagedSequenceState::tail_tokens, MICACHE_DOC(PagedSequenceState, tail_tokens))
+      .def_rw("row", &PagedSequenceState::row, MICACHE_DOC(PagedSequenceState, row))
+      .def(
+          "__eq__", [](const PagedSequenceState& a, const PagedSequenceState& b) { return a == b; },
+          nb::is_operator())
+      .def("__repr__", &sequence_state_repr);
+
+  nb::class_<PagedPageName>(m, "PagedPageName", MICACHE_DOC_TYPE(PagedPageName))
+      .def(
+          "__init__",
+          [](PagedPageName* self, std::int32_t page, std::uint64_t low, std::uint64_t high) {
+            new (self) PagedPageName{.page = page, .low = low, .high = high};
+          },
+          nb::arg("page") = 0, nb::arg("low") = 0, nb::arg("high") = 0, "A page and its name (low, high).")
+      .def_rw("page", &PagedPageName::page, "The page id.")
+      .def_rw("low", &PagedPageName::low, "Its name's low 64 bits.")
+      .def_rw("high", &PagedPageName::high, "Its name's high 64 bits.")
+      .def(
+          "__eq__", [](const PagedPageName& a, const PagedPageName& b) { return a == b; }, nb::is_operator())
+      .def("__repr__", [](const PagedPageName& n) {
+        return fmt::format("micache.PagedPageName(page={}, low={:#x}, high={:#x})", n.page, n.low, n.high);
+      });
+
+  nb::class_<PagedKvState>(m, "PagedKvState", MICACHE_DOC_TYPE(PagedKvState))
+      .def(nb::init<>(), "An empty state, to fill field by field.")
+      .def_rw("sequences", &PagedKvState::sequences, MICACHE_DOC(PagedKvState, sequences))
+      .def_rw("references", &PagedKvState::references, MICACHE_DOC(PagedKvState, references))
+      .def_rw("free_pages", &PagedKvState::free_pages, MICACHE_DOC(PagedKvState, free_pages))
+      .def_rw("cached_pages", &PagedKvState::cached_pages, MICACHE_DOC(PagedKvState, cached_pages))
+      .def_rw("names", &PagedKvState::names, MICACHE_DOC(PagedKvState, names))
+      .def_rw("free_rows", &PagedKvState::free_rows, MICACHE_DOC(PagedKvState, free_rows))
+      .def_rw("next_id", &PagedKvState::next_id, MICACHE_DOC(PagedKvState, next_id))
+      .def_rw("step", &PagedKvState::step, MICACHE_DOC(PagedKvState, step))
+      .def_rw("lookup_tokens", &PagedKvState::lookup_tokens, MICACHE_DOC(PagedKvState, lookup_tokens))
+      .def_rw("hit_tokens", &PagedKvState::hit_tokens, "PrefixCacheStats.hit_tokens.")
+      .def_rw("hit_pages", &PagedKvState::hit_pages, "PrefixCacheStats.hit_pages.")
+      .def_rw("evictions", &PagedKvState::evictions, "PrefixCacheStats.evictions.")
+      .def("stored_pages", &PagedKvState::stored_pages, MICACHE_DOC(PagedKvState, stored_pages))
+      .def(
+          "__eq__", [](const PagedKvState& a, const PagedKvState& b) { return a == b; }, nb::is_operator())
+      .def("__repr__", &state_repr);
+}
+
 void bind_cache(nb::module_& m) {
   nb::class_<PagedKvCache>(m, "PagedKvCache", MICACHE_DOC_TYPE(PagedKvCache))
       .def(nb::init<const PagedKvConfig&, Device, Stream>(), nb::arg("config"), nb::arg("device") = Device::cpu(),
@@ -251,6 +354,7 @@ void bind_cache(nb::module_& m) {
       .def_prop_ro("num_sequences", &PagedKvCache::num_sequences, "Sequences alive.")
       .def("__len__", &PagedKvCache::num_sequences, "The number of sequences alive.")
       .def("pages", &PagedKvCache::pages, nb::arg("layer"), MICACHE_DOC(PagedKvCache, pages))
+      .def_prop_ro("layer_groups", &PagedKvCache::layer_groups, MICACHE_DOC(PagedKvCache, layer_groups))
       .def("add_sequence", nb::overload_cast<>(&PagedKvCache::add_sequence), MICACHE_DOC(PagedKvCache, add_sequence))
       .def(
           "add_sequence",
@@ -319,6 +423,20 @@ void bind_cache(nb::module_& m) {
           },
           nb::arg("path"), nb::arg("device") = Device::cpu(), nb::arg("stream") = Stream{},
           nb::call_guard<nb::gil_scoped_release>(), MICACHE_DOC(PagedKvCache, load))
+      .def("state", &PagedKvCache::state, MICACHE_DOC(PagedKvCache, state))
+      .def_static(
+          "restore",
+          [](const PagedKvConfig& config, const PagedKvState& state, const std::vector<TensorArg>& stored,
+             Device device, Stream stream) {
+            std::vector<Tensor> tensors;
+            tensors.reserve(stored.size());
+            for (const TensorArg& tensor : stored) {
+              tensors.push_back(tensor.get());
+            }
+            return PagedKvCache::restore(config, state, tensors, device, stream);
+          },
+          nb::arg("config"), nb::arg("state"), nb::arg("stored"), nb::arg("device") = Device::cpu(),
+          nb::arg("stream") = Stream{}, MICACHE_DOC(PagedKvCache, restore))
       .def("__repr__", &cache_repr);
 }
 
@@ -327,6 +445,7 @@ void bind_cache(nb::module_& m) {
 void bind_paged(nb::module_& m) {
   bind_config(m);
   bind_results(m);
+  bind_state(m);
   bind_cache(m);
 }
 

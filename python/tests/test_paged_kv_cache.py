@@ -66,6 +66,31 @@ def test_config_keeps_layer_kinds_and_derives_the_null_page() -> None:
     assert repr(micache.PagedLayerKind.sinks_and_window(2, 8)) == "micache.PagedLayerKind.sinks_and_window(2, 8)"
 
 
+def test_layer_groups_follow_the_kinds() -> None:
+    window, full = micache.PagedLayerKind.sliding(4), micache.PagedLayerKind.full()
+    config = paged_config(num_pages=9, layer_kinds=[window, full])
+    groups = config.layer_groups()
+    assert (groups.group_size, groups.groups, groups.has_windows) == (1, 2, True)
+    assert (groups.layer_group, groups.layer_slot, groups.group_kinds) == ([0, 1], [0, 0], [window, full])
+    assert repr(micache.PagedKvCache(config).layer_groups) == (
+        "micache.PagedLayerGroups(group_size=1, layer_group=[0, 1], layer_slot=[0, 0], "
+        "group_kinds=[micache.PagedLayerKind.sliding(4), micache.PagedLayerKind.full()])"
+    )
+    assert config.storage_page_bytes() == config.page_bytes()
+
+
+def test_kind_of_a_layer_is_its_kind() -> None:
+    config = paged_config(num_pages=9, layer_kinds=[micache.PagedLayerKind.sliding(4), micache.PagedLayerKind.full()])
+    assert config.kind_of(0) == micache.PagedLayerKind.sliding(4)
+    assert paged_config().kind_of(1).is_full
+
+
+def test_kind_of_a_layer_out_of_range_is_a_hook_error() -> None:
+    with pytest.raises(micache.HookError) as info:
+        paged_config().kind_of(2)
+    assert str(info.value) == "layer 2 out of range (layers=2)"
+
+
 def test_sequence_ids_are_plain_ints(cache) -> None:
     first, second = cache.add_sequence(), cache.add_sequence()
     assert (type(first), first, second) == (int, 0, 1)
@@ -250,6 +275,79 @@ def test_save_and_load_round_trip_the_state(cache, rng, tmp_path: Path) -> None:
     assert repr(loaded.pool_stats()) == repr(cache.pool_stats())
     assert repr(loaded.prefix_stats()) == repr(cache.prefix_stats())
     assert loaded.add_sequence() == cache.add_sequence()
+
+
+def stored_pages(cache: micache.PagedKvCache, state: micache.PagedKvState) -> list[np.ndarray]:
+    """What restore takes: each storage tensor's rows of state.stored_pages() (the layers of group 0 name them)."""
+    groups = cache.layer_groups
+    layers = [layer for layer in range(cache.config.n_layers) if groups.layer_group[layer] == 0]
+    return [np.from_dlpack(cache.pages(layer))[state.stored_pages()] for layer in layers]
+
+
+def test_state_holds_the_bookkeeping(cache) -> None:
+    a = cache.add_sequence()
+    cache.begin_step([a], [6])
+    state = cache.state()
+    assert [s.id for s in state.sequences] == [a]
+    sequence = state.sequences[0]
+    assert (sequence.length, sequence.pages, sequence.next_position) == (6, cache.pages_of(a), 6)
+    assert sequence.positions == [micache.PositionRun(begin=0, length=6)]
+    assert (len(state.references), state.step, state.next_id) == (8, 1, 1)
+    assert sorted(state.stored_pages()) == sorted(cache.pages_of(a))
+    assert repr(sequence) == f"micache.PagedSequenceState(id=0, length=6, pages={cache.pages_of(a)}, row=0)"
+
+
+def test_restore_continues_exactly_from_a_state(cache, rng) -> None:
+    prompt = list(range(9))
+    a = cache.add_sequence(prompt).id
+    plan = cache.begin_step([a], [9], prompt)
+    for layer in range(2):
+        cache.write(layer, plan, new_tokens(rng, 9), new_tokens(rng, 9))
+    b = cache.fork(a)
+    state = cache.state()
+    restored = micache.PagedKvCache.restore(cache.config, state, stored_pages(cache, state))
+    assert restored.state() == state
+    for seq in (a, b):
+        np.testing.assert_array_equal(dense(restored.gather(seq, 1).values), dense(cache.gather(seq, 1).values))
+    assert restored.begin_step([b], [1]).total_pages == cache.begin_step([b], [1]).total_pages
+    assert restored.pages_of(b) == cache.pages_of(b)
+
+
+def test_restore_of_a_hybrid_cache_takes_one_tensor_per_storage_tensor(rng) -> None:
+    config = paged_config(num_pages=9, layer_kinds=[micache.PagedLayerKind.sliding(4), micache.PagedLayerKind.full()])
+    cache = micache.PagedKvCache(config)
+    seq = cache.add_sequence()
+    for count in (6, 1, 1, 1):
+        plan = cache.begin_step([seq], [count])
+        for layer in range(2):
+            cache.write(layer, plan, new_tokens(rng, count), new_tokens(rng, count))
+    state = cache.state()
+    restored = micache.PagedKvCache.restore(config, state, stored_pages(cache, state))
+    assert restored.pages_of(seq, 0) == cache.pages_of(seq, 0)
+    np.testing.assert_array_equal(dense(restored.gather(seq, 1).keys), dense(cache.gather(seq, 1).keys))
+
+
+def test_restore_names_what_is_wrong_with_a_state(cache) -> None:
+    seq = cache.add_sequence()
+    cache.begin_step([seq], [6])
+    state = cache.state()
+    sequence = state.sequences[0]
+    sequence.length = 9
+    state.sequences = [sequence]
+    with pytest.raises(micache.ConfigError) as info:
+        micache.PagedKvCache.restore(cache.config, state, stored_pages(cache, cache.state()))
+    assert str(info.value) == "restore: sequence 0 of 9 tokens holds 2 pages, must hold 3"
+
+
+def test_restore_needs_one_tensor_per_storage_tensor(cache) -> None:
+    cache.begin_step([cache.add_sequence()], [6])
+    state = cache.state()
+    with pytest.raises(micache.ShapeError) as info:
+        micache.PagedKvCache.restore(cache.config, state, stored_pages(cache, state)[:1])
+    assert str(info.value) == "restore: 1 stored page tensors for 2 storage tensors"
+    assert repr(state) == (
+        "micache.PagedKvState(sequences=1, pages=8, free_pages=6, cached_pages=0, names=0, next_id=1, step=1)"
+    )
 
 
 def test_an_unknown_id_is_a_hook_error(cache) -> None:

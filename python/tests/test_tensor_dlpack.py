@@ -112,10 +112,23 @@ def test_a_round_trip_shares_the_callers_memory() -> None:
     assert np.shares_memory(back, array)
 
 
+class _Capsule:
+    """A DLPack producer handing out one given capsule (numpy before 2.1 cannot pass copy= itself)."""
+
+    def __init__(self, capsule, device) -> None:
+        self.capsule, self.device = capsule, device
+
+    def __dlpack__(self, **_):
+        return self.capsule
+
+    def __dlpack_device__(self):
+        return self.device
+
+
 def test_dlpack_copy_true_gives_new_memory() -> None:
     array = np.arange(4, dtype=np.float32)
     tensor = micache.Tensor(array)
-    copied = np.from_dlpack(tensor, copy=True)
+    copied = np.from_dlpack(_Capsule(tensor.__dlpack__(copy=True), tensor.__dlpack_device__()))
     assert not np.shares_memory(copied, array)
     np.testing.assert_array_equal(copied, array)
 

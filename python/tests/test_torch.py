@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 import micache
+from micache.hf import kv_cache_from_past_key_values, kv_cache_to_past_key_values
+from micache.transformer_lens import attention_cache_from_hooks, full_activation_cache_from_hooks, to_hook_dict
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: its zero-copy tests need it")
 
@@ -58,3 +60,47 @@ def test_the_consumers_stream_waits_for_the_tensors() -> None:
         total = out.sum()
     side.synchronize()
     torch.testing.assert_close(total, pattern[0].mean(0).sum())
+
+
+def test_transformer_lens_hooks_of_torch_tensors_go_in_without_a_copy() -> None:
+    patterns = {f"blocks.{i}.attn.hook_pattern": torch.rand(1, 2, 5, 5).softmax(-1) for i in range(2)}
+    cache = attention_cache_from_hooks(patterns)
+    assert cache.get_layer(1).data_ptr == patterns["blocks.1.attn.hook_pattern"].data_ptr()
+
+
+def test_a_hook_dict_comes_back_as_torch_tensors_sharing_the_cache() -> None:
+    residuals = {f"blocks.{i}.hook_resid_post": torch.randn(1, 5, 4) for i in range(2)}
+    cache = full_activation_cache_from_hooks(residuals)
+    back = to_hook_dict(cache, convert=torch.from_dlpack)
+    assert back["blocks.1.hook_resid_post"].data_ptr() == cache.get_layer(1).data_ptr
+    assert torch.equal(back["blocks.1.hook_resid_post"], residuals["blocks.1.hook_resid_post"])
+
+
+def test_bfloat16_past_key_values_round_trip_through_a_kv_cache() -> None:
+    past = [(torch.randn(1, 2, 6, 4).bfloat16(), torch.randn(1, 2, 6, 4).bfloat16()) for _ in range(2)]
+    cache = kv_cache_from_past_key_values(past)
+    assert cache.keys(0).dtype is micache.DType.BF16
+    back = kv_cache_to_past_key_values(cache, convert=torch.from_dlpack)
+    assert back[1][0].dtype == torch.bfloat16
+    assert torch.equal(back[1][0], past[1][0])
+    assert torch.equal(back[0][1], past[0][1])
+
+
+def test_a_bfloat16_kv_file_written_by_micache_loads_in_safetensors_torch(tmp_path) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors is not installed")
+    keys, values = torch.randn(1, 2, 6, 4).bfloat16(), torch.randn(1, 2, 6, 4).bfloat16()
+    cache = micache.KVCache(1)
+    cache.append(0, keys, values)
+    cache.save(tmp_path / "kv.safetensors")
+    tensors = safetensors_torch.load_file(tmp_path / "kv.safetensors")
+    assert torch.equal(tensors["blocks.0.attn.k_cache"], keys)
+    assert torch.equal(tensors["blocks.0.attn.v_cache"], values)
+
+
+def test_a_bfloat16_file_written_by_safetensors_torch_loads_into_a_kv_cache(tmp_path) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors is not installed")
+    keys, values = torch.randn(1, 2, 6, 4).bfloat16(), torch.randn(1, 2, 6, 4).bfloat16()
+    safetensors_torch.save_file({"blocks.0.attn.k_cache": keys, "blocks.0.attn.v_cache": values}, tmp_path / "kv.st")
+    cache = micache.KVCache.load(tmp_path / "kv.st")
+    assert torch.equal(torch.from_dlpack(cache.keys(0)), keys)
+    assert torch.equal(torch.from_dlpack(cache.values(0)), values)

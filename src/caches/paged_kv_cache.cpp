@@ -53,7 +53,7 @@ PagedKvCache::PagedKvCache(const PagedKvConfig& config, Device device, Stream st
   free_rows_.reserve(config_.max_sequences);
   for (std::size_t r = config_.max_sequences; r > 0; --r) free_rows_.push_back(static_cast<std::int32_t>(r - 1));
   if (null_page_ >= 0) {  // zeros, so that a window layer's dropped tokens gather as zeros
-    const std::size_t bytes = page_bytes_ / groups_.group_size;
+    const std::size_t bytes = config_.storage_page_bytes();
     const std::vector<std::byte> zeros(bytes);
     for (const Tensor& storage : pages) {
       auto* base = static_cast<std::byte*>(const_cast<void*>(storage.data()));

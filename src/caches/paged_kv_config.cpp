@@ -29,7 +29,10 @@ bool PagedLayerGroups::has_windows() const noexcept {
   return std::any_of(group_kinds.begin(), group_kinds.end(), [](const PagedLayerKind& k) { return !k.is_full(); });
 }
 
-PagedLayerKind PagedKvConfig::kind_of(std::size_t layer) const noexcept {
+PagedLayerKind PagedKvConfig::kind_of(std::size_t layer) const {
+  if (layer >= n_layers) {
+    throw Error(ErrorCode::Hook, fmt::format("layer {} out of range (layers={})", layer, n_layers));
+  }
   return layer_kinds.empty() ? PagedLayerKind::full() : layer_kinds[layer];
 }
 
@@ -88,6 +91,10 @@ std::size_t PagedKvConfig::page_bytes() const {
         fmt::format("PagedKvConfig: page_bytes (page_size {} x slot_bytes {}) overflows size_t", page_size, slot));
   }
   return page_size * slot;
+}
+
+std::size_t PagedKvConfig::storage_page_bytes() const noexcept {
+  return 2 * page_size * kv_heads * head_dim * dtype_size(dtype);
 }
 
 std::size_t PagedKvConfig::pages() const {

@@ -288,7 +288,7 @@ PagedKvCache PagedKvCache::restore(const PagedKvConfig& config, const PagedKvSta
   const std::vector<std::int32_t> kept = state.stored_pages();
   validate_stored(config, stored, kept.size(), device);
   PagedKvCache cache(config, device, stream);
-  const std::size_t layer_page = 2 * config.page_size * config.kv_heads * config.head_dim * dtype_size(config.dtype);
+  const std::size_t layer_page = config.storage_page_bytes();
   for (std::size_t l = 0; l < cache.pages_.size(); ++l) {
     const auto* from = static_cast<const std::byte*>(stored[l].data());
     auto* to = static_cast<std::byte*>(const_cast<void*>(cache.pages_[l].data()));

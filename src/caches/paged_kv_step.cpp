@@ -21,10 +21,6 @@ namespace {
 using detail::aligned16;
 using detail::packed_view;
 
-std::size_t layer_page_bytes(const PagedKvConfig& c) {
-  return 2 * c.page_size * c.kv_heads * c.head_dim * dtype_size(c.dtype);
-}
-
 // Where each array of a plan sits in its packed device buffer: the outputs
 // of the build launch, slot_mapping (I64) first, then the I32 metadata; then
 // its I32 inputs, the only part that crosses from the host: the entries'
@@ -342,7 +338,7 @@ PagedStepPlan PagedKvCache::build_plan(const Reservation& r) {
 // page of its group, in every storage tensor. The targets are free pages: a
 // failure changes nothing.
 void PagedKvCache::copy_on_write(const Reservation& r) {
-  const std::size_t bytes = layer_page_bytes(config_);
+  const std::size_t bytes = config_.storage_page_bytes();
   for (std::size_t part = 0; part < r.parts.size(); ++part) {
     const GroupStep& p = r.parts[part];
     if (!p.copy_on_write) continue;
