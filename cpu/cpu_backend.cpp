@@ -84,6 +84,11 @@ void CpuBackend::copy_device_to_device(void* dst, const void* src, std::size_t b
 
 void CpuBackend::synchronize(Stream stream) { require_live(stream); }
 
+void CpuBackend::wait_stream(Stream waiter, Stream producer) {
+  require_live(waiter);
+  require_live(producer);
+}
+
 std::unique_ptr<Backend> cpu::make_backend() { return std::make_unique<CpuBackend>(); }
 
 }  // namespace micache

@@ -32,6 +32,7 @@ class CpuBackend final : public Backend {
   void copy_device_to_host(void* dst, const void* src, std::size_t bytes, Stream stream) override;
   void copy_device_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) override;
   void synchronize(Stream stream) override;
+  void wait_stream(Stream waiter, Stream producer) override;
   Stream create_stream() override;
   void destroy_stream(Stream stream) noexcept override;
 

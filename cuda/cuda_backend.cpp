@@ -166,6 +166,17 @@ class CudaBackend final : public Backend {
     check(cudaStreamSynchronize(native(stream)), "cudaStreamSynchronize");
   }
 
+  void wait_stream(Stream waiter, Stream producer) override {
+    if (waiter == producer) return;
+    const DeviceScope scope(index_);
+    cudaEvent_t event = nullptr;
+    check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "wait_stream (cudaEventCreateWithFlags)");
+    cudaError_t status = cudaEventRecord(event, native(producer));
+    if (status == cudaSuccess) status = cudaStreamWaitEvent(native(waiter), event, 0);
+    defer(cudaEventDestroy(event), "wait_stream (cudaEventDestroy)");  // freed once the event completes
+    check(status, "wait_stream (cudaEventRecord, cudaStreamWaitEvent)");
+  }
+
   Stream create_stream() override {
     const DeviceScope scope(index_);
     cudaStream_t stream = nullptr;

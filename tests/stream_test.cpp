@@ -69,6 +69,16 @@ TEST(CpuStreams, AHandleTheBackendDidNotMakeIsRejected) {
 
 TEST(CpuStreams, TheDefaultStreamIsAlwaysAccepted) { EXPECT_NO_THROW(backend_for(kCpu).synchronize({})); }
 
+TEST(CpuStreams, WaitStreamChecksBothStreams) {
+  OwnedStream waiter(kCpu), producer(kCpu);
+  EXPECT_NO_THROW(backend_for(kCpu).wait_stream(waiter.get(), producer.get()));
+  EXPECT_NO_THROW(backend_for(kCpu).wait_stream({}, producer.get()));
+  const Stream dead = producer.get();
+  producer.reset();
+  expect_dead_stream([&] { backend_for(kCpu).wait_stream(waiter.get(), dead); });
+  expect_dead_stream([&] { backend_for(kCpu).wait_stream(dead, waiter.get()); });
+}
+
 TEST(CpuStreams, AllocationOnADestroyedStreamFailsAndCountsNothing) {
   OwnedStream stream(kCpu);
   const Stream handle = stream.get();
@@ -324,6 +334,27 @@ TEST_P(StreamAnswers, ACompressedCacheOnAnOwnedStreamAnswersAsTheDefaultStreams)
   }
   EXPECT_EQ(on_stream.heads().records().first.to_host_bytes(), on_default.heads().records().first.to_host_bytes());
   EXPECT_EQ(on_stream.attention_output(head_vectors(7)), on_default.attention_output(head_vectors(7)));
+}
+
+// 16 MiB copied on the producer, then copied on the waiter after wait_stream:
+// on CUDA the second copy would read a partly written buffer if the waiter
+// did not wait (only the waiter is synchronised before reading).
+TEST_P(StreamAnswers, AWaitingStreamSeesWhatItsProducerQueued) {
+  const Device device = GetParam();
+  Backend& backend = backend_for(device);
+  const OwnedStream producer(device), waiter(device);
+  const std::size_t count = std::size_t{4} << 20;
+  const std::vector<float> values = random_values(count, 7);
+  const Tensor source = Tensor::from_host(values, {count}, DType::F32, device, producer.get());
+  const Tensor middle = Tensor::empty({count}, DType::F32, device, producer.get());
+  const Tensor last = Tensor::empty({count}, DType::F32, device, waiter.get());
+  producer.synchronize();
+  const std::size_t bytes = count * sizeof(float);
+  backend.copy_device_to_device(const_cast<void*>(middle.data()), source.data(), bytes, producer.get());
+  backend.wait_stream(waiter.get(), producer.get());
+  backend.copy_device_to_device(const_cast<void*>(last.data()), middle.data(), bytes, waiter.get());
+  waiter.synchronize();
+  EXPECT_EQ(last.to_host_f32(), values);
 }
 
 TEST_P(StreamAnswers, MemoryOnAnOwnedStreamIsReturnedWhenTheCacheGoes) {

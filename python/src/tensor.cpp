@@ -158,8 +158,9 @@ nb::ndarray<nb::array_api> exported(const Tensor& tensor) {
 }
 
 // Makes `tensor` ready for work the consumer queues on its `stream` (the
-// DLPack protocol's value): waits for the tensor's own stream unless the
-// consumer works on that same stream or asked for no synchronisation.
+// DLPack protocol's value): the consumer's stream waits for the tensor's
+// own (an event, the host does not block) unless the consumer works on that
+// same stream or asked for no synchronisation.
 void ready_for_consumer(const Tensor& tensor, const nb::handle& stream) {
   if (tensor.device().is_cpu()) {
     if (!stream.is_none() && nb::cast<std::int64_t>(stream) != kNoSynchronisation) {
@@ -172,10 +173,7 @@ void ready_for_consumer(const Tensor& tensor, const nb::handle& stream) {
     return;
   }
   void* const consumer = value == kLegacyDefaultStream ? nullptr : reinterpret_cast<void*>(value);
-  if (consumer != tensor.stream().handle) {
-    nb::gil_scoped_release unlocked;
-    backend_for(tensor.device()).synchronize(tensor.stream());
-  }
+  backend_for(tensor.device()).wait_stream(Stream{consumer}, tensor.stream());
 }
 
 nb::object dlpack(const Tensor& tensor, const nb::handle& stream, const nb::handle& max_version,
@@ -274,7 +272,8 @@ void bind_tensor(nb::module_& m) {
                    "dl_device: tuple[int, int] | None = None, copy: bool | None = None) -> typing_extensions.CapsuleType"),
            "The DLPack capsule of this tensor's memory (no copy unless `copy=True`). On CUDA, work the\n"
            "consumer queues on `stream` (1 or None: the legacy default stream; -1: no synchronisation)\n"
-           "sees everything queued on the tensor's stream first.")
+           "sees everything queued on the tensor's stream first: the consumer's stream waits on an event\n"
+           "recorded on the tensor's, so the host does not block.")
       .def(
           "__dlpack_device__",
           [](const Tensor& tensor) {

@@ -111,6 +111,14 @@ class Backend {
   virtual void copy_device_to_device(void* dst, const void* src, std::size_t bytes, Stream stream) = 0;
   /// Waits for all work queued on `stream`.
   virtual void synchronize(Stream stream) = 0;
+  /// Makes the work queued on `waiter` from now on wait for the work queued
+  /// on `producer` so far, without blocking the host (torch's
+  /// `Stream.wait_stream`); either may be another library's stream. CUDA: an
+  /// event recorded on `producer` that `waiter` waits on (capture-safe: both
+  /// calls are captured into a graph as a dependency). CPU: work is done when
+  /// it is queued, so the streams are only checked. Same stream: nothing to
+  /// do. Error: Backend when the device refuses (CPU: a stream not live).
+  virtual void wait_stream(Stream waiter, Stream producer) = 0;
 
   // ---- kernels ----------------------------------------------------------
 
