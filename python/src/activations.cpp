@@ -42,7 +42,7 @@ void bind_activations(nb::module_& m) {
             std::vector<Tensor> tensors;
             tensors.reserve(activations.size());
             for (const TensorArg& activation : activations) {
-              tensors.push_back(activation.get());
+              tensors.push_back(activation.get(Stream{}));
             }
             return ActivationCache::new_cache(std::move(tensors));
           },
@@ -50,7 +50,7 @@ void bind_activations(nb::module_& m) {
       .def_static("with_capacity", &ActivationCache::with_capacity, nb::arg("n_layers"),
                   MICACHE_DOC(ActivationCache, with_capacity))
       .def(
-          "push", [](ActivationCache& cache, const TensorArg& tensor) { cache.push(tensor.get()); },
+          "push", [](ActivationCache& cache, const TensorArg& tensor) { cache.push(tensor.get(Stream{})); },
           nb::arg("tensor"), MICACHE_DOC(ActivationCache, push))
       .def("get_layer", &layer_or_none<ActivationCache>, nb::arg("layer"),
            nb::sig("def get_layer(self, layer: int) -> Tensor | None"), MICACHE_DOC(ActivationCache, get_layer))
@@ -74,7 +74,7 @@ void bind_activations(nb::module_& m) {
       .def_static("with_capacity", &FullActivationCache::with_capacity, nb::arg("n_layers"),
                   nb::arg("stream") = Stream{}, MICACHE_DOC(FullActivationCache, with_capacity))
       .def(
-          "push", [](FullActivationCache& cache, const TensorArg& tensor) { cache.push(tensor.get()); },
+          "push", [](FullActivationCache& cache, const TensorArg& tensor) { cache.push(tensor.get(cache.stream())); },
           nb::arg("tensor"), MICACHE_DOC(FullActivationCache, push))
       .def("get_layer", &layer_or_none<FullActivationCache>, nb::arg("layer"),
            nb::sig("def get_layer(self, layer: int) -> Tensor | None"), MICACHE_DOC(FullActivationCache, get_layer))

@@ -46,7 +46,7 @@ void bind_attention(nb::module_& m) {
       .def_static("with_capacity", &AttentionCache::with_capacity, nb::arg("n_layers"), nb::arg("stream") = Stream{},
                   MICACHE_DOC(AttentionCache, with_capacity))
       .def(
-          "push", [](AttentionCache& cache, const TensorArg& pattern) { cache.push(pattern.get()); },
+          "push", [](AttentionCache& cache, const TensorArg& pattern) { cache.push(pattern.get(cache.stream())); },
           nb::arg("pattern"), MICACHE_DOC(AttentionCache, push))
       .def_prop_ro("n_layers", &AttentionCache::n_layers)
       .def_prop_ro("is_empty", &AttentionCache::is_empty)

@@ -19,15 +19,18 @@ namespace nb = nanobind;
 
 /// A tensor argument as Python gives it: a micache.Tensor, or any object
 /// with `__dlpack__` (numpy, PyTorch, CuPy, JAX) or the buffer protocol.
-/// `get()` turns it into a micache Tensor without a copy when micache can
-/// read the memory in place (C-contiguous, a dtype micache holds, CPU or
+/// `get(reader)` turns it into a micache Tensor without a copy when micache
+/// can read the memory in place (C-contiguous, a dtype micache holds, CPU or
 /// CUDA memory); the Tensor keeps the Python object alive. Otherwise the
 /// producer makes a C-contiguous copy first (float64 becomes float32).
+/// `reader` is the stream micache reads the tensor on (the cache's): a CUDA
+/// producer is asked for `__dlpack__(stream=reader)` (1, the legacy default
+/// stream, for the default), so that its queued writes come first.
 /// Errors (get): Config for a dtype micache holds no form of, or memory on
 /// a device other than the CPU or a CUDA GPU.
 struct TensorArg {
   nb::object object;
-  Tensor get() const;
+  Tensor get(Stream reader) const;
 };
 
 /// A micache Tensor as a Python object whose `__dlpack__` exports the same

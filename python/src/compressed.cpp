@@ -101,28 +101,28 @@ void bind_heads(nb::module_& m) {
       .def(
           "push",
           [](CompressedHeads& heads, const TensorArg& keys, const TensorArg& values, FiniteCheck check) {
-            heads.push(keys.get(), values.get(), check);
+            heads.push(keys.get(heads.stream()), values.get(heads.stream()), check);
           },
           nb::arg("keys"), nb::arg("values"), nb::arg("check") = FiniteCheck::Scan, MICACHE_DOC(CompressedHeads, push))
       .def("reserve", &CompressedHeads::reserve, nb::arg("tokens"), MICACHE_DOC(CompressedHeads, reserve))
       .def(
           "scores",
           [](const CompressedHeads& heads, const TensorArg& queries, std::size_t group_size, FiniteCheck check) {
-            return heads.scores(queries.get(), group_size, check);
+            return heads.scores(queries.get(heads.stream()), group_size, check);
           },
           nb::arg("queries"), nb::arg("group_size") = 1, nb::arg("check") = FiniteCheck::Scan,
           MICACHE_DOC(CompressedHeads, scores))
       .def(
           "attention_output",
           [](const CompressedHeads& heads, const TensorArg& queries, std::size_t group_size, FiniteCheck check) {
-            return heads.attention_output(queries.get(), group_size, check);
+            return heads.attention_output(queries.get(heads.stream()), group_size, check);
           },
           nb::arg("queries"), nb::arg("group_size") = 1, nb::arg("check") = FiniteCheck::Scan,
           MICACHE_DOC(CompressedHeads, attention_output))
       .def(
           "head_scores",
           [](const CompressedHeads& heads, std::size_t head, const TensorArg& query, FiniteCheck check) {
-            return heads.head_scores(head, query.get(), check);
+            return heads.head_scores(head, query.get(heads.stream()), check);
           },
           nb::arg("head"), nb::arg("query"), nb::arg("check") = FiniteCheck::Scan,
           MICACHE_DOC(CompressedHeads, head_scores))
@@ -142,7 +142,7 @@ void bind_heads(nb::module_& m) {
       .def(
           "assign_records",
           [](CompressedHeads& heads, const TensorArg& key_records, const TensorArg& value_records) {
-            heads.assign_records(key_records.get(), value_records.get());
+            heads.assign_records(key_records.get(heads.stream()), value_records.get(heads.stream()));
           },
           nb::arg("key_records"), nb::arg("value_records"), MICACHE_DOC(CompressedHeads, assign_records))
       .def("keep_last", &CompressedHeads::keep_last, nb::arg("window"), MICACHE_DOC(CompressedHeads, keep_last))
@@ -276,7 +276,8 @@ void bind_caches(nb::module_& m) {
               "restore",
               [](SlidingWindowKvCache& cache, const TensorArg& key_records, const TensorArg& value_records,
                  std::size_t total_tokens_seen) {
-                cache.restore(key_records.get(), value_records.get(), total_tokens_seen);
+                cache.restore(key_records.get(cache.cache().heads().stream()), value_records.get(cache.cache().heads().stream()),
+                              total_tokens_seen);
               },
               nb::arg("key_records"), nb::arg("value_records"), nb::arg("total_tokens_seen"),
               MICACHE_DOC(SlidingWindowKvCache, restore))

@@ -47,13 +47,13 @@ void bind_kv_cache(nb::module_& m) {
       .def(
           "set_layer",
           [](KVCache& cache, std::size_t layer, const TensorArg& keys, const TensorArg& values) {
-            cache.set_layer(layer, keys.get(), values.get());
+            cache.set_layer(layer, keys.get(cache.stream()), values.get(cache.stream()));
           },
           nb::arg("layer"), nb::arg("keys"), nb::arg("values"), MICACHE_DOC(KVCache, set_layer))
       .def(
           "append",
           [](KVCache& cache, std::size_t layer, const TensorArg& new_keys, const TensorArg& new_values) {
-            cache.append(layer, new_keys.get(), new_values.get());
+            cache.append(layer, new_keys.get(cache.stream()), new_values.get(cache.stream()));
           },
           nb::arg("layer"), nb::arg("new_keys"), nb::arg("new_values"), MICACHE_DOC(KVCache, append))
       .def("reserve", &KVCache::reserve, nb::arg("tokens"), MICACHE_DOC(KVCache, reserve))
@@ -74,7 +74,7 @@ void bind_kv_cache(nb::module_& m) {
       .def(
           "evict_heavy_hitters",
           [](KVCache& cache, const TensorArg& scores, std::size_t heavy, std::size_t window) {
-            return cache.evict_heavy_hitters(scores.get(), heavy, window);
+            return cache.evict_heavy_hitters(scores.get(cache.stream()), heavy, window);
           },
           nb::arg("scores"), nb::arg("heavy"), nb::arg("window"), MICACHE_DOC(KVCache, evict_heavy_hitters))
       .def("shrink_to_fit", &KVCache::shrink_to_fit, MICACHE_DOC(KVCache, shrink_to_fit))

@@ -379,7 +379,7 @@ void bind_cache(nb::module_& m) {
       .def(
           "write",
           [](PagedKvCache& cache, std::size_t layer, const PagedStepPlan& plan, const TensorArg& keys,
-             const TensorArg& values) { cache.write(layer, plan, keys.get(), values.get()); },
+             const TensorArg& values) { cache.write(layer, plan, keys.get(cache.stream()), values.get(cache.stream())); },
           nb::arg("layer"), nb::arg("plan"), nb::arg("keys"), nb::arg("values"), MICACHE_DOC(PagedKvCache, write))
       .def("slot_mapping", &PagedKvCache::slot_mapping, nb::arg("plan"), nb::arg("layer"),
            MICACHE_DOC(PagedKvCache, slot_mapping))
@@ -389,7 +389,7 @@ void bind_cache(nb::module_& m) {
       .def(
           "decode_attention",
           [](const PagedKvCache& cache, std::size_t layer, const PagedStepPlan& plan, const TensorArg& queries,
-             float scale) { return cache.decode_attention(layer, plan, queries.get(), scale); },
+             float scale) { return cache.decode_attention(layer, plan, queries.get(cache.stream()), scale); },
           nb::arg("layer"), nb::arg("plan"), nb::arg("queries"), nb::arg("scale") = 0.0f,
           MICACHE_DOC(PagedKvCache, decode_attention))
       .def(
@@ -407,7 +407,7 @@ void bind_cache(nb::module_& m) {
       .def(
           "evict_heavy_hitters",
           [](PagedKvCache& cache, SequenceId id, const TensorArg& scores, std::size_t heavy, std::size_t window) {
-            return cache.evict_heavy_hitters(id, scores.get(), heavy, window);
+            return cache.evict_heavy_hitters(id, scores.get(cache.stream()), heavy, window);
           },
           nb::arg("id"), nb::arg("scores"), nb::arg("heavy"), nb::arg("window"),
           MICACHE_DOC(PagedKvCache, evict_heavy_hitters))
@@ -431,7 +431,7 @@ void bind_cache(nb::module_& m) {
             std::vector<Tensor> tensors;
             tensors.reserve(stored.size());
             for (const TensorArg& tensor : stored) {
-              tensors.push_back(tensor.get());
+              tensors.push_back(tensor.get(stream));
             }
             return PagedKvCache::restore(config, state, tensors, device, stream);
           },

@@ -126,8 +126,9 @@ Array importable(const nb::object& object) {
   return array;
 }
 
-// The tensor `array` views, keeping the array (and so its producer's memory) alive.
-Tensor wrapped(const Array& array) {
+// The tensor `array` views, keeping the array (and so its producer's memory)
+// alive; a CUDA one is produced on `stream`, the one it was handed over for.
+Tensor wrapped(const Array& array, Stream stream) {
   std::vector<std::size_t> dims(array.ndim());
   for (std::size_t axis = 0; axis < dims.size(); ++axis) {
     dims[axis] = array.shape(axis);
@@ -142,7 +143,7 @@ Tensor wrapped(const Array& array) {
     }
   });
   return Tensor::wrap(const_cast<void*>(array.data()), Shape(std::move(dims)), dtype, device,
-                      [held]() mutable { held.reset(); });
+                      [held]() mutable { held.reset(); }, device.is_cpu() ? Stream{} : stream);
 }
 
 // The same memory as a nanobind array (an object with __dlpack__) whose
@@ -201,11 +202,27 @@ nb::tuple dims_tuple(const Tensor& tensor) {
 
 }  // namespace
 
-Tensor TensorArg::get() const {
+// What `object` hands over for micache to read on `reader`: a CUDA
+// producer's capsule made for that stream (DLPack: the producer orders its
+// queued work before the consumer's stream), otherwise the object itself.
+nb::object handed_over(const nb::object& object, Stream reader) {
+  if (!nb::hasattr(object, "__dlpack__") || !nb::hasattr(object, "__dlpack_device__")) {
+    return object;
+  }
+  const nb::tuple device = nb::cast<nb::tuple>(object.attr("__dlpack_device__")());
+  if (nb::cast<int>(device[0]) != kDlCuda) {
+    return object;
+  }
+  const auto stream = reader.handle == nullptr ? kLegacyDefaultStream
+                                               : static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(reader.handle));
+  return object.attr("__dlpack__")(nb::arg("stream") = stream);
+}
+
+Tensor TensorArg::get(Stream reader) const {
   if (nb::isinstance<Tensor>(object)) {
     return nb::cast<Tensor>(object);
   }
-  return wrapped(importable(object));
+  return wrapped(importable(handed_over(object, reader)), reader);
 }
 
 nb::object to_python(const Tensor& tensor) {
@@ -224,10 +241,13 @@ HeadSelection head_selection(std::size_t batch, const std::optional<std::vector<
 void bind_tensor(nb::module_& m) {
   nb::class_<Tensor>(m, "Tensor", MICACHE_DOC_TYPE(Tensor))
       .def(
-          "__init__", [](Tensor* self, const TensorArg& data) { new (self) Tensor(data.get()); }, nb::arg("data"),
+          "__init__", [](Tensor* self, const TensorArg& data, Stream stream) { new (self) Tensor(data.get(stream)); },
+          nb::arg("data"), nb::kw_only(), nb::arg("stream") = Stream{},
           "Wraps `data`, any DLPack producer (numpy, PyTorch, CuPy, JAX) or buffer, without a copy when micache\n"
           "can read it in place (C-contiguous, a dtype micache holds, CPU or CUDA memory); the tensor keeps\n"
-          "`data` alive. Otherwise the producer copies first (float64 becomes float32).")
+          "`data` alive. Otherwise the producer copies first (float64 becomes float32). `stream` is the\n"
+          "stream micache reads it on: a CUDA producer is asked for `__dlpack__(stream=...)` of it, so that\n"
+          "its queued writes come first; a CUDA tensor remembers it.")
       .def_static(
           "empty",
           [](const std::vector<std::size_t>& shape, DType dtype, Device device, Stream stream) {
@@ -283,8 +303,10 @@ void bind_tensor(nb::module_& m) {
           "(DLPack device type, device index): (1, 0) for the CPU, (2, i) for CUDA device i.");
 
   m.def(
-      "from_dlpack", [](const TensorArg& data) { return data.get(); }, nb::arg("data"),
-      "The micache.Tensor viewing `data` (see Tensor.__init__): no copy where micache can read it in place.");
+      "from_dlpack", [](const TensorArg& data, Stream stream) { return data.get(stream); }, nb::arg("data"),
+      nb::kw_only(), nb::arg("stream") = Stream{},
+      "The micache.Tensor viewing `data` (see Tensor.__init__), read on `stream`: no copy where micache can\n"
+      "read it in place.");
 }
 
 }  // namespace micache::python

@@ -187,3 +187,44 @@ def test_dlpack_accepts_its_own_device_and_refuses_another() -> None:
     assert tensor.__dlpack__(dl_device=(1, 0)) is not None
     with pytest.raises(BufferError, match=r"unsupported dl_device"):
         tensor.__dlpack__(dl_device=(2, 0))
+
+
+class _Asked(Exception):
+    """Raised by _CudaProducer once it has recorded the stream it was asked for."""
+
+
+class _CudaProducer:
+    """Says its memory is on CUDA device 0 and records the stream each `__dlpack__` call asks for."""
+
+    def __init__(self) -> None:
+        self.streams: list[object] = []
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)
+
+    def __dlpack__(self, *, stream=None, **_):
+        self.streams.append(stream)
+        raise _Asked
+
+
+def test_a_cuda_producer_is_asked_for_the_legacy_default_stream_by_default() -> None:
+    producer = _CudaProducer()
+    with pytest.raises(_Asked):
+        micache.from_dlpack(producer)
+    assert producer.streams == [1]
+
+
+def test_a_cuda_producer_is_asked_for_the_stream_micache_reads_on() -> None:
+    producer = _CudaProducer()
+    with pytest.raises(_Asked):
+        micache.Tensor(producer, stream=micache.Stream(0x5000))
+    assert producer.streams == [0x5000]
+
+
+def test_a_cache_asks_a_cuda_producer_for_its_own_stream() -> None:
+    owned = micache.OwnedStream()
+    cache = micache.KVCache(1, owned.get())
+    producer = _CudaProducer()
+    with pytest.raises(_Asked):
+        cache.append(0, producer, producer)
+    assert producer.streams == [owned.get().handle]
