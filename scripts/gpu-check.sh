@@ -36,6 +36,12 @@
 #                        into table.md                                                  table.md
 #                   ---
 #                   470  caps in all: call the device tool with timeout_s 540 (README, "On a GPU")
+#  11  python       300  only when GPU_CHECK_PHASES names it (a second call): the Python     python.log
+#                        package built there with CUDA (pip install --no-build-isolation
+#                        with the host's scikit-build-core and nanobind, sm_90), then
+#                        pytest python/tests under the python3 that has torch (the CUDA
+#                        cases of test_torch.py: zero copy on the device, the consumer's
+#                        stream)
 #
 # Sanitizer runs use MICACHE_CUDA_ALLOCATOR=plain (cudaMalloc: pools hide out-of-bounds accesses)
 # and leave out the concurrency tests (threads under a sanitizer: a stall there would take the
@@ -70,14 +76,15 @@ cli=$payload/examples/micache
 export MICACHE_TEST_DATA_DIR=$root/tests/data
 export MICACHE_SOURCE_DIR=$root
 
-PHASES=(device conformance suite memcheck racecheck initcheck synccheck demo bench torch)
+DEFAULT_PHASES=(device conformance suite memcheck racecheck initcheck synccheck demo bench torch)
+PHASES=("${DEFAULT_PHASES[@]}" python)
 declare -A CAP=([device]=20 [conformance]=45 [suite]=60 [memcheck]=90 [racecheck]=45 [initcheck]=45
-  [synccheck]=30 [demo]=20 [bench]=80 [torch]=35)
+  [synccheck]=30 [demo]=20 [bench]=80 [torch]=35 [python]=300)
 for p in "${PHASES[@]}"; do
   var=GPU_CHECK_CAP_$p
   CAP[$p]=${!var:-${CAP[$p]}}
 done
-selected=" ${GPU_CHECK_PHASES:-${PHASES[*]}} "
+selected=" ${GPU_CHECK_PHASES:-${DEFAULT_PHASES[*]}} "
 
 # gtest filters (a '-' starts the negative patterns). Conformance suites may carry an
 # instantiation prefix (Backends/BackendConformance...), so both forms are matched.
@@ -370,6 +377,36 @@ print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch
     verdict=TIMEOUT
   elif ((rc != 0)); then
     verdict=FAIL note="bench_torch.py exits $rc; $note"
+  else
+    verdict=PASS
+  fi
+}
+
+phase_python() {
+  local log=$out/python.log rc site=/tmp/micache-python summary_line
+  capped "$log" python3 -c 'import sys, torch, nanobind, scikit_build_core
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      "nanobind", nanobind.__version__, "scikit-build-core", scikit_build_core.__version__)' || {
+    verdict=SKIP note="python3 lacks torch, nanobind or scikit-build-core"
+    return
+  }
+  rm -rf "$site"
+  capped "$log" python3 -m pip install --no-build-isolation --no-deps --no-cache-dir --target "$site" \
+    --config-settings=cmake.define.MICACHE_ENABLE_CUDA=ON --config-settings=build.tool-args=-j"$(nproc)" \
+    --config-settings=build-dir=/tmp/micache-python-build .
+  rc=$?
+  if ((rc != 0)); then
+    verdict=$(timed_out "$rc" && echo TIMEOUT || echo FAIL) note="pip install exits $rc"
+    return
+  fi
+  PYTHONPATH=$site capped "$log" python3 -m pytest -p no:cacheprovider -rs -q python/tests
+  rc=$?
+  summary_line=$(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$log" | tail -n1 | tr -d '=')
+  note="${summary_line:-no pytest summary}"
+  if timed_out "$rc"; then
+    verdict=TIMEOUT
+  elif ((rc != 0)); then
+    verdict=FAIL
   else
     verdict=PASS
   fi
