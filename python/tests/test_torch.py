@@ -104,3 +104,15 @@ def test_a_bfloat16_file_written_by_safetensors_torch_loads_into_a_kv_cache(tmp_
     cache = micache.KVCache.load(tmp_path / "kv.st")
     assert torch.equal(torch.from_dlpack(cache.keys(0)), keys)
     assert torch.equal(torch.from_dlpack(cache.values(0)), values)
+
+
+@pytest.mark.skipif("cuda" not in DEVICES, reason="needs a CUDA device and a CUDA build of micache")
+def test_a_cache_reads_a_tensor_torch_wrote_on_another_stream() -> None:
+    cache = micache.AttentionCache()  # on the default stream
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        pattern = torch.rand(1, 4, 512, 512, device="cuda").softmax(-1)
+        cache.push(pattern)  # __dlpack__(stream=1): the default stream waits for `side`
+    mean = torch.from_dlpack(cache.head_mean(0))
+    torch.cuda.synchronize()
+    torch.testing.assert_close(mean, pattern[0].mean(0))
