@@ -23,9 +23,11 @@ namespace nb = nanobind;
 /// can read the memory in place (C-contiguous, a dtype micache holds, CPU or
 /// CUDA memory); the Tensor keeps the Python object alive. Otherwise the
 /// producer makes a C-contiguous copy first (float64 becomes float32).
-/// `reader` is the stream micache reads the tensor on (the cache's): a CUDA
-/// producer is asked for `__dlpack__(stream=reader)` (1, the legacy default
-/// stream, for the default), so that its queued writes come first.
+/// `reader` is the stream micache reads the tensor on: on the default
+/// stream the plain `__dlpack__()` already orders a CUDA producer's queued
+/// writes first (DLPack's None is the legacy default stream); on another, a
+/// CUDA producer is asked for `__dlpack__(stream=reader)` (which costs
+/// asking any producer but a buffer for its device first).
 /// Errors (get): Config for a dtype micache holds no form of, or memory on
 /// a device other than the CPU or a CUDA GPU.
 struct TensorArg {

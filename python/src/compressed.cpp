@@ -276,8 +276,8 @@ void bind_caches(nb::module_& m) {
               "restore",
               [](SlidingWindowKvCache& cache, const TensorArg& key_records, const TensorArg& value_records,
                  std::size_t total_tokens_seen) {
-                cache.restore(key_records.get(cache.cache().heads().stream()), value_records.get(cache.cache().heads().stream()),
-                              total_tokens_seen);
+                cache.restore(key_records.get(cache.cache().heads().stream()),
+                              value_records.get(cache.cache().heads().stream()), total_tokens_seen);
               },
               nb::arg("key_records"), nb::arg("value_records"), nb::arg("total_tokens_seen"),
               MICACHE_DOC(SlidingWindowKvCache, restore))

@@ -379,7 +379,9 @@ void bind_cache(nb::module_& m) {
       .def(
           "write",
           [](PagedKvCache& cache, std::size_t layer, const PagedStepPlan& plan, const TensorArg& keys,
-             const TensorArg& values) { cache.write(layer, plan, keys.get(cache.stream()), values.get(cache.stream())); },
+             const TensorArg& values) {
+            cache.write(layer, plan, keys.get(cache.stream()), values.get(cache.stream()));
+          },
           nb::arg("layer"), nb::arg("plan"), nb::arg("keys"), nb::arg("values"), MICACHE_DOC(PagedKvCache, write))
       .def("slot_mapping", &PagedKvCache::slot_mapping, nb::arg("plan"), nb::arg("layer"),
            MICACHE_DOC(PagedKvCache, slot_mapping))

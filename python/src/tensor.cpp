@@ -202,20 +202,22 @@ nb::tuple dims_tuple(const Tensor& tensor) {
 
 }  // namespace
 
-// What `object` hands over for micache to read on `reader`: a CUDA
-// producer's capsule made for that stream (DLPack: the producer orders its
-// queued work before the consumer's stream), otherwise the object itself.
+// What `object` hands over for micache to read on `reader`: on a stream
+// other than the default, a CUDA producer's capsule made for that stream
+// (DLPack: the producer orders its queued work before the consumer's
+// stream); otherwise the object itself, whose plain __dlpack__() orders for
+// the default stream. A buffer (numpy) is host memory: no device to ask
+// (which costs a torch tensor ~2 us).
 nb::object handed_over(const nb::object& object, Stream reader) {
-  if (!nb::hasattr(object, "__dlpack__") || !nb::hasattr(object, "__dlpack_device__")) {
+  if (reader.handle == nullptr || PyObject_CheckBuffer(object.ptr()) != 0 ||
+      !nb::hasattr(object, "__dlpack_device__")) {
     return object;
   }
   const nb::tuple device = nb::cast<nb::tuple>(object.attr("__dlpack_device__")());
   if (nb::cast<int>(device[0]) != kDlCuda) {
     return object;
   }
-  const auto stream = reader.handle == nullptr ? kLegacyDefaultStream
-                                               : static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(reader.handle));
-  return object.attr("__dlpack__")(nb::arg("stream") = stream);
+  return object.attr("__dlpack__")(nb::arg("stream") = reinterpret_cast<std::intptr_t>(reader.handle));
 }
 
 Tensor TensorArg::get(Stream reader) const {
@@ -225,9 +227,7 @@ Tensor TensorArg::get(Stream reader) const {
   return wrapped(importable(handed_over(object, reader)), reader);
 }
 
-nb::object to_python(const Tensor& tensor) {
-  return tensor.defined() ? nb::cast(tensor) : nb::none();
-}
+nb::object to_python(const Tensor& tensor) { return tensor.defined() ? nb::cast(tensor) : nb::none(); }
 
 std::string describe(const Tensor& tensor) {
   return fmt::format("shape={}, dtype={}, device={}", tensor.shape().to_string(), dtype_name(tensor.dtype()),
