@@ -16,7 +16,7 @@ micache_packages+=(clang libclang-rt-14-dev)
 ensure_deps
 
 targets=("$@")
-((${#targets[@]})) || targets=(safetensors kv_cache attention_queries compressed paged_kv_cache)
+((${#targets[@]})) || targets=(safetensors kv_cache attention_queries compressed paged_kv_cache paged_hybrid)
 seconds=${FUZZ_SECONDS:-40}
 bin=build/fuzz/fuzz
 logs=build/fuzz/logs

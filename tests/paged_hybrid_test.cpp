@@ -185,6 +185,34 @@ TEST_P(PagedHybridTest, AWindowLayersDecodeAttentionReadsOnlyItsWindow) {
                    reference.decode_attention(0, window, queries(1)).to_host_f32());
 }
 
+// A step that adds no token queries from the sequence's last token, so its
+// window reaches one token further back than a step that adds one.
+TEST_P(PagedHybridTest, AStepOfNoNewTokenKeepsTheWindowOfItsLastToken) {
+  PagedKvCache cache = hybrid(), reference = full();
+  const SequenceId id = cache.add_sequence(), same = reference.add_sequence();
+  fill(cache, id, 19, 1);
+  fill(reference, same, 19, 1);
+  const PagedStepPlan plan = step(cache, {id}, {0});  // query 18 attends tokens 11..18: column 2 stays
+  EXPECT_EQ(cache.pages_of(id, 0)[1], kNull);
+  EXPECT_NE(cache.pages_of(id, 0)[2], kNull);
+  ASSERT_TRUE(reference.trim_to(same, 8));
+  const PagedStepPlan window = step(reference, {same}, {0});
+  expect_same_bits(cache.decode_attention(0, plan, queries(1)).to_host_f32(),
+                   reference.decode_attention(0, window, queries(1)).to_host_f32());
+}
+
+TEST_P(PagedHybridTest, AnEvictionKeepsTheLastTokensWindowForAStepOfNoNewToken) {
+  PagedKvCache cache = hybrid();
+  const SequenceId id = cache.add_sequence();
+  step(cache, {id}, {20});
+  step(cache, {id}, {1});  // tokens 0..11 dropped
+  const std::vector<float> before = state(cache, {id});
+  expect_error([&] { cache.evict_to_window(id, 2, 7); }, ErrorCode::Config,
+               "evict_to_window: sequence 0: layers of window 8 dropped token 1, which would be in their window "
+               "after it");  // kept 0, 1, 14..20: a step of no new token queries index 8, attending index 1..
+  expect_same_bits(state(cache, {id}), before);
+}
+
 TEST_P(PagedHybridTest, ASinksLayersDecodeAttentionReadsItsSinksAndWindow) {
   PagedKvCache cache = hybrid(PagedLayerKind::sinks_and_window(2, 8)), reference = full();
   const SequenceId id = cache.add_sequence(), same = reference.add_sequence();
@@ -313,6 +341,21 @@ TEST_P(PagedHybridTest, ALoadedCacheContinuesExactly) {
   }
   EXPECT_EQ(loaded.state(), cache.state());
   expect_same_bits(state(loaded, {a, b}), state(cache, {a, b}));
+}
+
+// A window of 1 attends only the query itself: a sequence cut to a token it
+// dropped would attend it at its next step (even one adding no token).
+TEST_P(PagedHybridTest, AnEvictionToOnlyDroppedTokensIsRefused) {
+  PagedKvCache cache = hybrid(PagedLayerKind::sliding(1));
+  const SequenceId id = cache.add_sequence();
+  fill(cache, id, 6, 1);
+  fill(cache, id, 1, 2);  // queries 6..: column 0 (tokens 0..3) goes back
+  ASSERT_EQ(cache.pages_of(id, 0)[0], kNull);
+  const std::vector<float> before = state(cache, {id});
+  expect_error([&] { cache.evict_to_window(id, 1, 0); }, ErrorCode::Config,
+               "evict_to_window: sequence 0: layers of window 1 dropped token 0, which would be in their window "
+               "after it");
+  expect_same_bits(state(cache, {id}), before);
 }
 
 TEST_P(PagedHybridTest, RestoreRejectsANullPageInsideTheWindow) {

@@ -139,12 +139,22 @@ struct PrefixHit {
 /// vLLM's hybrid allocator), and one step serves every group. When a step
 /// lists a sequence of L tokens, each window layer group (window w, s sinks)
 /// gives back the pages of its whole columns whose tokens are all at least s
-/// and below L + 1 - w (no query of the step or later attends them): its
+/// and below L + 1 - w (L - w when it gets no new token, whose decode query
+/// is its last token; no query of the step or later attends them): its
 /// table names the null page there (config.pool_pages()). A step reserves
 /// every group's pages for all its new tokens (a prefill's queries attend
 /// them), so a long prefill holds a window group's pages until the
 /// sequence's next step. Prefix caching (add_sequence(prompt)) shares
 /// nothing in a cache with window layers (its pages are not named).
+///
+/// Limitation: a window group knows what it dropped only by whole columns
+/// (those naming the null page). An eviction that keeps a dropped token and
+/// packs it into one page beside tokens the group holds makes the group take
+/// it for held (its bytes unspecified), so a later eviction that moves it
+/// into the window is not refused (fuzz/regressions/paged_hybrid/
+/// eviction_brings_a_packed_dropped_token_into_the_window). Only evictions
+/// that keep dropped tokens can reach it (evict_to_window with more sinks
+/// than the layer kind has, evict_heavy_hitters, trim_to past the window).
 ///
 /// Thread safety: const queries may run concurrently; mutation needs exclusive
 /// access. Move-only: the pages and their bookkeeping are one; a moved-from

@@ -53,7 +53,8 @@ PagedKvCache::Compaction PagedKvCache::plan_compaction(SequenceId id, const Sequ
     const std::vector<std::int32_t>& old = s.pages[g];
     const PagedLayerKind& kind = groups_.group_kinds[g];
     const auto held = [&](std::size_t t) { return old[t / page_size] != null_page_; };
-    const auto attended = [&](std::size_t i) { return kind.is_full() || i < kind.sinks || i + kind.window > length; };
+    // The next step's first query is token `length`, or `length - 1` for a step that adds none.
+    const auto attended = [&](std::size_t i) { return kind.is_full() || i < kind.sinks || i + kind.window >= length; };
     c.old_kept[g].assign(old.size(), false);
     for (std::size_t k = 0; k < pages; ++k) {
       const std::size_t first = k * page_size, count = std::min(page_size, length - first);

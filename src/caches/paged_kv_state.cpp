@@ -108,7 +108,7 @@ void validate_null_columns(const PagedKvConfig& c, const PagedSequenceState& q, 
   for (std::size_t j = 0; j < pages.size(); ++j) {
     if (pages[j] != null) continue;
     const bool in_run = j == sink_columns || (j > sink_columns && pages[j - 1] == null);
-    if (kind.is_full() || !in_run || (j + 1) * c.page_size + kind.window > q.length + 1) {
+    if (kind.is_full() || !in_run || (j + 1) * c.page_size + kind.window > q.length) {
       invalid(fmt::format(
           "sequence {} names the null page in column {}, {}", q.id, j,
           kind.is_full() ? "of a full-attention group" : "not in one run after its sinks or attended by its window"));

@@ -117,7 +117,8 @@ std::size_t PagedKvCache::first_held_column(const std::vector<std::int32_t>& pag
 // Validates a step and counts what it needs; changes nothing but the
 // duplicate-check marks. Copy on write follows each shared last page's
 // holders in id order: a writer copies while another holder keeps the page.
-// A window group drops the whole columns below L + 1 - window past its sinks.
+// A window group drops the whole columns below L + 1 - window past its sinks
+// (L - window for a sequence that gets no new token: its query is its last).
 PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
                                                 std::span<const std::size_t> new_tokens,
                                                 std::span<const std::int32_t> token_ids) {
@@ -175,10 +176,11 @@ PagedKvCache::Reservation PagedKvCache::reserve(std::span<const SequenceId> ids,
     for (std::size_t part = 0; part < r.parts.size(); ++part) {
       const Sequence& s = *r.entries[part % batch].sequence;
       const PagedLayerKind& kind = groups_.group_kinds[part / batch];
-      if (kind.is_full() || s.length + 1 <= kind.window) continue;
+      const std::size_t first_query = r.entries[part % batch].new_tokens > 0 ? s.length : s.length - 1;
+      if (kind.is_full() || s.length == 0 || first_query + 1 <= kind.window) continue;
       const std::vector<std::int32_t>& pages = s.pages[part / batch];
       GroupStep& p = r.parts[part];
-      p.drop_end = (s.length + 1 - kind.window) / page_size;
+      p.drop_end = (first_query + 1 - kind.window) / page_size;
       p.drop_begin = std::min(first_held_column(pages, kind), p.drop_end);
       r.drops += p.drop_end - p.drop_begin;
       for (std::size_t column = p.drop_begin; column < p.drop_end; ++column) {
