@@ -108,6 +108,9 @@ Device micache_device(const Array& array) {
 Array importable(const nb::object& object) {
   Array array;
   if (!nb::try_cast(object, array, /*convert=*/false)) {
+    if (nb::hasattr(object, "__dlpack__")) {
+      object.attr("__dlpack__")();  // the producer's own error, where it has one (nanobind hides it)
+    }
     throw nb::type_error("expected a micache.Tensor or an object with __dlpack__ or the buffer protocol");
   }
   const dl::dtype dtype = array.dtype();

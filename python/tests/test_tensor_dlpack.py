@@ -209,7 +209,7 @@ class _CudaProducer:
 
 def test_a_cuda_producer_is_asked_for_no_stream_by_default() -> None:
     producer = _CudaProducer()  # DLPack's None: the legacy default stream, micache's default
-    with pytest.raises((_Asked, TypeError)):
+    with pytest.raises(_Asked):
         micache.from_dlpack(producer)
     assert set(producer.streams) == {None}
 
@@ -228,3 +228,18 @@ def test_a_cache_asks_a_cuda_producer_for_its_own_stream() -> None:
     with pytest.raises(_Asked):
         cache.append(0, producer, producer)
     assert producer.streams == [owned.get().handle]
+
+
+class _Refusing:
+    """A producer whose __dlpack__ raises an error of its own."""
+
+    def __dlpack__(self, **_):
+        raise RuntimeError("this producer cannot export")
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)
+
+
+def test_a_producers_own_export_error_reaches_the_caller() -> None:
+    with pytest.raises(RuntimeError, match=r"^this producer cannot export$"):
+        micache.from_dlpack(_Refusing())
