@@ -49,6 +49,7 @@
 #include <vector>
 
 #include "fuzz/fuzz_support.hpp"
+#include "fuzz/paged_support.hpp"
 #include "micache/micache.hpp"
 
 namespace micache::fuzz {
@@ -248,25 +249,7 @@ void check_all(const PagedKvCache& h, const PagedKvCache& r, const Harness& hs, 
   check(!hs.windows() || (prefix.named_pages == 0 && prefix.evictions == 0),
         "after {}: {} named pages and {} evictions with window layers", after, prefix.named_pages, prefix.evictions);
 
-  const PagedDeviceAccounting acc = h.device_accounting(ids);
-  const std::vector<std::int64_t> per = acc.per_sequence.to_host_i64();
-  const std::vector<std::int64_t> pool = acc.pool.to_host_i64();
-  check(per.size() == 4 * ids.size() && pool.size() == 4, "after {}: device_accounting of {} and {} entries", after,
-        per.size(), pool.size());
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    const PagedSequenceStats s = h.sequence_stats(ids[i]);
-    const std::int64_t want[4] = {static_cast<std::int64_t>(s.tokens), static_cast<std::int64_t>(s.pages),
-                                  static_cast<std::int64_t>(s.bytes), static_cast<std::int64_t>(s.slack)};
-    check(std::equal(want, want + 4, per.begin() + static_cast<std::ptrdiff_t>(4 * i)),
-          "after {}: device_accounting of sequence {}: ({}, {}, {}, {}), sequence_stats ({}, {}, {}, {})", after,
-          raw(ids[i]), per[4 * i], per[4 * i + 1], per[4 * i + 2], per[4 * i + 3], want[0], want[1], want[2], want[3]);
-  }
-  check(pool[0] == static_cast<std::int64_t>(stats.pages_used) &&
-            pool[1] == static_cast<std::int64_t>(stats.pages_shared) &&
-            pool[2] == static_cast<std::int64_t>(stats.tokens) &&
-            pool[3] == static_cast<std::int64_t>(stats.bytes_used),
-        "after {}: device_accounting pool ({}, {}, {}, {}), pool_stats ({}, {}, {}, {})", after, pool[0], pool[1],
-        pool[2], pool[3], stats.pages_used, stats.pages_shared, stats.tokens, stats.bytes_used);
+  check_device_accounting(h, ids, after);
 }
 
 // ---- the calls ----------------------------------------------------------------------------------------------------

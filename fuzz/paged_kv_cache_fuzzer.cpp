@@ -37,6 +37,7 @@
 #include <vector>
 
 #include "fuzz/fuzz_support.hpp"
+#include "fuzz/paged_support.hpp"
 #include "micache/micache.hpp"
 
 namespace micache::fuzz {
@@ -241,25 +242,7 @@ void check_state(const PagedKvCache& cache, const Model& m, const char* after) {
     check_gather(cache, m, id, s, after);
   }
 
-  const PagedDeviceAccounting acc = cache.device_accounting(ids);
-  const std::vector<std::int64_t> per = acc.per_sequence.to_host_i64();
-  const std::vector<std::int64_t> pool = acc.pool.to_host_i64();
-  check(per.size() == 4 * ids.size() && pool.size() == 4, "after {}: device_accounting of {} and {} entries", after,
-        per.size(), pool.size());
-  for (std::size_t i = 0; i < ids.size(); ++i) {
-    const PagedSequenceStats st = cache.sequence_stats(ids[i]);
-    const std::int64_t want[4] = {static_cast<std::int64_t>(st.tokens), static_cast<std::int64_t>(st.pages),
-                                  static_cast<std::int64_t>(st.bytes), static_cast<std::int64_t>(st.slack)};
-    check(std::equal(want, want + 4, per.begin() + static_cast<std::ptrdiff_t>(4 * i)),
-          "after {}: device_accounting of sequence {}: ({}, {}, {}, {}), host ({}, {}, {}, {})", after, raw(ids[i]),
-          per[4 * i], per[4 * i + 1], per[4 * i + 2], per[4 * i + 3], want[0], want[1], want[2], want[3]);
-  }
-  check(pool[0] == static_cast<std::int64_t>(stats.pages_used) &&
-            pool[1] == static_cast<std::int64_t>(stats.pages_shared) &&
-            pool[2] == static_cast<std::int64_t>(stats.tokens) &&
-            pool[3] == static_cast<std::int64_t>(stats.bytes_used),
-        "after {}: device_accounting pool ({}, {}, {}, {}), host ({}, {}, {}, {})", after, pool[0], pool[1], pool[2],
-        pool[3], stats.pages_used, stats.pages_shared, stats.tokens, stats.bytes_used);
+  check_device_accounting(cache, ids, after);
 }
 
 // Runs `call`; an error must be one of `expected` (none: it must succeed). True when it succeeded.
