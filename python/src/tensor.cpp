@@ -249,8 +249,9 @@ void bind_tensor(nb::module_& m) {
           "Wraps `data`, any DLPack producer (numpy, PyTorch, CuPy, JAX) or buffer, without a copy when micache\n"
           "can read it in place (C-contiguous, a dtype micache holds, CPU or CUDA memory); the tensor keeps\n"
           "`data` alive. Otherwise the producer copies first (float64 becomes float32). `stream` is the\n"
-          "stream micache reads it on: a CUDA producer is asked for `__dlpack__(stream=...)` of it, so that\n"
-          "its queued writes come first; a CUDA tensor remembers it.")
+          "stream micache reads it on: for one other than the default, a CUDA producer is asked for\n"
+          "`__dlpack__(stream=...)` of it, so that its queued writes come first (the default stream is\n"
+          "what a plain `__dlpack__()` orders for); a CUDA tensor remembers it.")
       .def_static(
           "empty",
           [](const std::vector<std::size_t>& shape, DType dtype, Device device, Stream stream) {
